@@ -1,0 +1,117 @@
+"""Model families the pack supports and the video geometry each accepts.
+
+Geometry facts (VAE strides, patch sizes, frame rules) come from the Wan2.1 and CogVideoX model cards and
+BLADE's reference settings (arXiv 2508.10774, Sec. 4.1). Every shape check in the pack goes through here so
+that one message tells the user which sizes are valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WAN_NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly "
+    "drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy "
+    "background, three legs, many people in the background, walking backwards"
+)
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What differs between the supported families at the level of video geometry and text."""
+
+    name: str
+    vae_temporal_stride: int  # frames per latent frame after the first
+    vae_spatial_stride: int  # pixels per latent pixel
+    patch_t: int
+    patch_hw: int
+    latent_channels: int
+    max_text_tokens: int  # tokenizer max_length the model was trained with
+    fps: int  # frame rate the model was trained for (REFERENCE.md: Wan 16, CogVideoX 8)
+    default_negative_prompt: str
+    text_in_self_attention: bool  # CogVideoX concatenates text tokens into self-attention
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Width and height must be multiples of this (VAE stride x patch size)."""
+        return self.vae_spatial_stride * self.patch_hw
+
+    def latent_frames(self, frames: int) -> int:
+        return (frames - 1) // self.vae_temporal_stride + 1
+
+    def token_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(T, H, W) of the transformer's video tokens for a checked video size."""
+        check_video_size(self, width=width, height=height, frames=frames)
+        t = self.latent_frames(frames)
+        return (
+            -(-t // self.patch_t),
+            height // self.vae_spatial_stride // self.patch_hw,
+            width // self.vae_spatial_stride // self.patch_hw,
+        )
+
+
+WAN = FamilySpec(
+    name="wan",
+    vae_temporal_stride=4,
+    vae_spatial_stride=8,
+    patch_t=1,
+    patch_hw=2,
+    latent_channels=16,
+    max_text_tokens=512,
+    fps=16,
+    default_negative_prompt=WAN_NEGATIVE_PROMPT,
+    text_in_self_attention=False,
+)
+
+COGVIDEOX = FamilySpec(
+    name="cogvideox",
+    vae_temporal_stride=4,
+    vae_spatial_stride=8,
+    patch_t=1,
+    patch_hw=2,
+    latent_channels=16,
+    max_text_tokens=226,
+    fps=8,
+    default_negative_prompt="",
+    text_in_self_attention=True,
+)
+
+FAMILIES: dict[str, FamilySpec] = {f.name: f for f in (WAN, COGVIDEOX)}
+
+
+def get_family(name: str) -> FamilySpec:
+    """Look a family up by name ("wan" or "cogvideox")."""
+    key = name.lower().replace("-", "").replace("_", "")
+    if key.startswith("wan"):
+        key = "wan"
+    elif key.startswith("cogvideo"):
+        key = "cogvideox"
+    if key not in FAMILIES:
+        raise ValueError(f"Unknown model family {name!r}; valid families: {', '.join(FAMILIES)}.")
+    return FAMILIES[key]
+
+
+def _nearest(value: int, ok, step: int) -> list[int]:
+    below = value - (value - ok) % step if value >= ok else ok
+    return sorted({max(ok, below), max(ok, below) + step})
+
+
+def check_video_size(family: FamilySpec, *, width: int, height: int, frames: int) -> None:
+    """Raise ValueError naming every bad dimension and the nearest valid values.
+
+    Frames must be 4k+1 (the causal VAE keeps the first frame and compresses the rest by 4); width and height
+    must be multiples of 16 (VAE stride 8 x patch 2). Any such size works: nothing is tied to 480x832.
+    """
+    problems = []
+    m = family.pixel_multiple
+    s = family.vae_temporal_stride
+    for label, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or value < m or value % m:
+            near = _nearest(int(value), m, m) if isinstance(value, (int, float)) and value > 0 else [m]
+            problems.append(f"{label}={value} must be a positive multiple of {m} (nearest valid: {near})")
+    if not isinstance(frames, int) or frames < 1 or (frames - 1) % s:
+        near = _nearest(int(frames), 1, s) if isinstance(frames, (int, float)) and frames > 0 else [1]
+        problems.append(f"frames={frames} must be {s}k+1, e.g. 1, 5, 9, ..., 49, 81 (nearest valid: {near})")
+    if problems:
+        raise ValueError(f"Invalid video size for {family.name}: " + "; ".join(problems) + ".")
