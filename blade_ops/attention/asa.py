@@ -1,0 +1,274 @@
+"""ASA, adaptive block-sparse attention: the one entry point every caller goes through (BLADE Sec. 3.2).
+
+``asa_attention`` takes SDPA-shaped q, k, v [B, H, L, D] whose L = T*H*W video tokens in raster (t, h, w) order
+are followed by ``num_text_tokens`` text tokens, and returns the attention output in the same order:
+
+1. reorder the video tokens along the 3D Gilbert curve (cached permutation; text stays at the end);
+2. estimate block importance from sampled tokens (fused Triton kernel on CUDA);
+3. keep blocks per query-block row by the energy rule (text rows and columns always kept);
+4. run the block-sparse kernel of the chosen backend;
+5. global branch: K/V mean-pooled every ``sample_gap`` video tokens in curve order, attended by every query with
+   a score bias ln(n) (n = tokens a pooled token stands for), merged with the sparse part through the
+   log-sum-exps; either folded into the same kernel call ("fold") or as a second call + LSE merge ("merge");
+6. inverse-permute the output.
+
+When the configuration keeps every block of every row (``min_ratio == 1``) nothing lies outside the selection,
+so the global branch is skipped and ASA is exactly dense attention.
+
+No diffusers or ComfyUI types appear here: the diffusers processors and a native ComfyUI override both call it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .backends import KVBias, get_backend, resolve_backend
+from .config import ASAConfig
+from .curve import token_order
+from .estimate import estimate_block_importance, sample_offsets
+from .mask import BlockSelection, select_blocks, text_block_range
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ASAStats", "asa_attention", "asa_plan", "pool_kv", "merge_by_lse", "global_bias"]
+
+
+@dataclass
+class ASAStats:
+    """Running density (mean kept-block fraction) over ASA calls, for logs and the UI.
+
+    Densities are kept as device tensors and summed on read, so recording never forces a host sync.
+    """
+
+    calls: int = 0
+    last: torch.Tensor | None = field(default=None, repr=False)  # density of the latest call (0-dim tensor)
+    _pending: list[torch.Tensor] = field(default_factory=list, repr=False)
+    _total: float = 0.0
+
+    def record(self, density: torch.Tensor) -> None:
+        self.calls += 1
+        self.last = density.detach()
+        self._pending.append(self.last)
+        if len(self._pending) >= 256:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._total += float(torch.stack([d.float().cpu() for d in self._pending]).sum())
+            self._pending.clear()
+
+    @property
+    def mean_density(self) -> float:
+        """Mean kept-block fraction over all recorded calls (nan before the first call)."""
+        self._flush()
+        return self._total / self.calls if self.calls else float("nan")
+
+    def reset(self) -> None:
+        self.calls, self._total, self.last = 0, 0.0, None
+        self._pending.clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets(batch: int, heads: int, num_keep: int, block_size: int, device: torch.device) -> torch.Tensor:
+    return sample_offsets(batch, heads, num_keep, block_size, device)
+
+
+def pool_kv(x: torch.Tensor, num_video: int, gap: int) -> torch.Tensor:
+    """Mean of every ``gap`` consecutive video tokens: x [B, H, L, D] -> [B, H, ceil(Nv/gap), D].
+
+    The last group may be shorter (it is averaged over the tokens it has).
+    """
+    b, h, _, d = x.shape
+    full = num_video // gap
+    parts = []
+    if full:
+        parts.append(x[:, :, : full * gap].reshape(b, h, full, gap, d).mean(dim=3))
+    if num_video - full * gap:
+        parts.append(x[:, :, full * gap : num_video].mean(dim=2, keepdim=True))
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+
+
+def global_bias(num_video: int, gap: int) -> tuple[float, float, int]:
+    """(ln gap, ln size of the last group, number of pooled tokens) for the global branch."""
+    num_pooled = -(-num_video // gap)
+    last = num_video - (num_pooled - 1) * gap
+    return math.log(gap), math.log(last), num_pooled
+
+
+def merge_by_lse(
+    out1: torch.Tensor, lse1: torch.Tensor, out2: torch.Tensor, lse2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine two softmax-attention parts over disjoint key sets: a = e^lse1 / (e^lse1 + e^lse2)."""
+    lse = torch.logaddexp(lse1, lse2)
+    w1 = torch.exp(lse1 - lse).unsqueeze(-1)
+    w2 = torch.exp(lse2 - lse).unsqueeze(-1)
+    out = w1 * out1.float() + w2 * out2.float()
+    return out.to(out1.dtype), lse
+
+
+def _pooled_attention(
+    q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, bias: torch.Tensor, scale: float, chunk: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense attention of q [B, H, L, D] over pooled kp/vp [B, H, Np, D] with key bias [Np]; float32 math."""
+    outs, lses = [], []
+    kf, vf = kp.float(), vp.float()
+    for start in range(0, q.shape[2], chunk):
+        s = torch.matmul(q[:, :, start : start + chunk].float(), kf.transpose(-1, -2)) * scale + bias
+        lse = torch.logsumexp(s, dim=-1)
+        outs.append(torch.matmul(torch.exp(s - lse.unsqueeze(-1)), vf))
+        lses.append(lse)
+    return torch.cat(outs, dim=2).to(q.dtype), torch.cat(lses, dim=2)
+
+
+@dataclass
+class ASAPlan:
+    """What one ASA call decided (exposed for tests and benchmarks)."""
+
+    selection: BlockSelection
+    global_mode: str  # "off", "fold" or "merge"
+    backend: str
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, int, int], num_text: int):
+    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            "asa_attention expects q, k, v of shape [B, H, L, D] with equal B, H, L; got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}."
+        )
+    if len(grid) != 3 or any(int(g) < 1 for g in grid):
+        raise ValueError(f"grid={grid} must be three positive integers (T, H, W).")
+    num_video = int(grid[0]) * int(grid[1]) * int(grid[2])
+    if num_text < 0 or num_video + num_text != q.shape[2]:
+        raise ValueError(
+            f"sequence length {q.shape[2]} != T*H*W ({num_video} for grid {tuple(grid)}) + num_text_tokens "
+            f"({num_text})."
+        )
+    return num_video
+
+
+def asa_plan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    num_text_tokens: int,
+    config: ASAConfig,
+    backend: str,
+    impl: str = "auto",
+) -> BlockSelection:
+    """Estimate + rule on already reordered q, k [B, H, L, D]: the block selection ASA would use."""
+    b, h, length, _ = q.shape
+    bs = config.block_size
+    nkb = -(-length // bs)
+    offsets = _offsets(b, h, config.num_keep, bs, q.device)
+    importance = estimate_block_importance(q.detach(), k.detach(), offsets, bs, impl=impl)
+    return select_blocks(
+        importance,
+        config.tau,
+        config.min_blocks(nkb),
+        config.max_blocks(nkb),
+        first_text_block=text_block_range(length, num_text_tokens, bs),
+    )
+
+
+def asa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    grid: tuple[int, int, int],
+    num_text_tokens: int,
+    config: ASAConfig,
+    backend: str,
+    stats: ASAStats | None = None,
+    text_first: bool = False,
+    plan_out: list | None = None,
+) -> torch.Tensor:
+    """Adaptive block-sparse self-attention; q, k, v [B, H, L, D] -> out [B, H, L, D] (same token order).
+
+    ``grid`` = (T, H, W) of the video tokens, which come first in raster order; ``num_text_tokens`` text tokens
+    follow (``text_first=True``: the text tokens come first instead, as diffusers' CogVideoX concatenates them;
+    they are moved to the end inside the same gather as the curve order). ``backend``: a registered name or
+    "auto". ``stats`` accumulates the kept-block fraction.
+    ``plan_out``: if a list is given, the call appends its :class:`ASAPlan` (tests, benchmarks).
+    """
+    num_video = _check_inputs(q, k, v, grid, num_text_tokens)
+    name = resolve_backend(backend, q.device)
+    kernel = get_backend(name, q.device)
+    bs = config.block_size
+    length = q.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1])
+
+    order = token_order(tuple(grid), num_text_tokens, q.device, config.reorder, text_first)
+    if order is not None:
+        perm, inverse = order
+        q, k, v = q.index_select(2, perm), k.index_select(2, perm), v.index_select(2, perm)
+
+    selection = asa_plan(q, k, num_text_tokens=num_text_tokens, config=config, backend=name)
+    use_global = config.use_global and num_video > 0 and config.min_ratio < 1.0
+    mode = "off"
+    if use_global:
+        mode = config.global_mode
+        if mode == "auto":
+            mode = "fold" if kernel.supports_kv_bias else "merge"
+        elif mode == "fold" and not kernel.supports_kv_bias:
+            raise ValueError(
+                f"global_mode='fold' needs a backend that supports a key bias; {name!r} does not. "
+                "Use global_mode='merge' or 'auto'."
+            )
+
+    if mode == "off":
+        out, _ = kernel.fn(q, k, v, selection.dense, bs, scale)
+    else:
+        gap = config.sample_gap
+        kp, vp = pool_kv(k, num_video, gap), pool_kv(v, num_video, gap)
+        ln_gap, ln_last, num_pooled = global_bias(num_video, gap)
+        if mode == "fold":
+            out = _fold_global(kernel.fn, q, k, v, kp, vp, selection, bs, scale, ln_gap, ln_last)
+        else:
+            out1, lse1 = kernel.fn(q, k, v, selection.dense, bs, scale)
+            bias = torch.full((num_pooled,), ln_gap, device=q.device)
+            bias[-1] = ln_last
+            out2, lse2 = _pooled_attention(q, kp, vp, bias, scale)
+            out, _ = merge_by_lse(out1, lse1, out2, lse2)
+
+    if order is not None:
+        out = out.index_select(2, inverse)
+    if stats is not None:
+        stats.record(selection.density())
+    if plan_out is not None:
+        plan_out.append(ASAPlan(selection, mode, name))
+    if out.shape[2] != length:  # defensive: kernels must return Lq rows
+        raise RuntimeError(f"backend {name!r} returned {out.shape[2]} rows for {length} queries.")
+    return out
+
+
+def _fold_global(fn, q, k, v, kp, vp, selection, bs, scale, ln_gap, ln_last) -> torch.Tensor:
+    """Pooled tokens appended as extra key blocks after a block-aligned gap, biased by ln(n), in one kernel call.
+
+    Key layout: [L tokens | masked gap up to nkb*bs | Np pooled tokens]; every row keeps every pooled block.
+    """
+    b, h, length, d = k.shape
+    nkb = -(-length // bs)
+    start = nkb * bs
+    num_pooled = kp.shape[2]
+    gap = start - length
+    pad = k.new_zeros(b, h, gap, d) if gap else None
+    k2 = torch.cat([k, pad, kp] if gap else [k, kp], dim=2)
+    pad_v = v.new_zeros(b, h, gap, v.shape[-1]) if gap else None
+    v2 = torch.cat([v, pad_v, vp] if gap else [v, vp], dim=2)
+    npb = -(-num_pooled // bs)
+    extra = selection.dense.new_ones(b, h, selection.dense.shape[2], npb)
+    mask = torch.cat([selection.dense, extra], dim=-1)
+    segments: list[tuple[int, int, float]] = []
+    if gap:
+        segments.append((length, start, float("-inf")))
+    if num_pooled > 1:
+        segments.append((start, start + num_pooled - 1, ln_gap))
+    segments.append((start + num_pooled - 1, start + num_pooled, ln_last))
+    out, _ = fn(q, k2, v2, mask, bs, scale, kv_bias=KVBias(tuple(segments)))
+    return out

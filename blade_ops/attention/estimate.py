@@ -1,0 +1,114 @@
+"""Cheap block-importance estimate (BLADE Sec. 3.2, step 3; REFERENCE.md ASA step 3).
+
+For each (batch, head), ``num_keep`` offsets inside a block are drawn once and used for every block: sampled
+queries attend to sampled keys with scale ``1/sqrt(d)``, and for query block ``qb`` and key block ``kb``::
+
+    P[qb, kb] = max_{i in qb} exp( max_{j in kb} s_ij  -  max_{all sampled j} s_ij )
+
+then each row of P is normalised to sum 1. Sequences are padded to a multiple of ``block_size`` by
+replicating the last token (a clamped index, nothing is copied). No gradient flows through the estimate.
+
+On CUDA a fused Triton kernel (``_estimate_triton``) computes the same P without materialising the sampled
+score matrix; the PyTorch version here is the reference and the CPU path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["sample_offsets", "estimate_block_importance", "estimate_block_importance_reference"]
+
+_HASH_MULT = 0x9E3779B1  # odd 32-bit golden-ratio constant: a cheap integer hash for jitter
+
+
+def sample_offsets(
+    batch: int, heads: int, num_keep: int, block_size: int, device: torch.device | str, seed: int = 0
+) -> torch.Tensor:
+    """Sampled positions inside a block, [B, H, num_keep] int32, sorted, same for all blocks of a (b, h).
+
+    Stratified: the block is cut into ``num_keep`` equal windows and one position is taken per window, jittered
+    by an integer hash of (seed, b, h, window). Deterministic (no RNG state is consumed), so a recomputation
+    under gradient checkpointing rebuilds the same mask, and it covers each block evenly.
+    """
+    if not 1 <= num_keep <= block_size:
+        raise ValueError(f"num_keep={num_keep} must be in [1, block_size={block_size}].")
+    bh = torch.arange(batch * heads, device=device, dtype=torch.int64).view(batch, heads, 1)
+    j = torch.arange(num_keep, device=device, dtype=torch.int64).view(1, 1, num_keep)
+    start = (j * block_size) // num_keep
+    width = ((j + 1) * block_size) // num_keep - start
+    key = (bh * 1_000_003 + j * 7919 + seed * 104_729 + 12_345) & 0xFFFFFFFF
+    jitter = ((key * _HASH_MULT) & 0xFFFFFFFF) >> 16
+    return (start + jitter % width).to(torch.int32)
+
+
+def _sample_rows(x: torch.Tensor, offsets: torch.Tensor, block_size: int) -> torch.Tensor:
+    """x [B, H, L, D], offsets [B, H, S] -> sampled rows [B, H, nb, S, D] (replicate padding by clamping)."""
+    b, h, length, d = x.shape
+    nb = -(-length // block_size)
+    s = offsets.shape[-1]
+    idx = torch.arange(nb, device=x.device).view(1, 1, nb, 1) * block_size + offsets.view(b, h, 1, s).long()
+    idx = idx.clamp_max(length - 1).view(b, h, nb * s, 1).expand(b, h, nb * s, d)
+    return torch.gather(x, 2, idx).view(b, h, nb, s, d)
+
+
+@torch.no_grad()
+def estimate_block_importance_reference(
+    q: torch.Tensor, k: torch.Tensor, offsets: torch.Tensor, block_size: int, scale: float | None = None
+) -> torch.Tensor:
+    """Row-normalised block importance P [B, H, nqb, nkb] float32 (plain PyTorch; materialises the scores).
+
+    q [B, H, Lq, D], k [B, H, Lk, D], offsets [B, H, S] int (from :func:`sample_offsets`).
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    qs = _sample_rows(q, offsets, block_size).float()  # [B, H, nqb, S, D]
+    ks = _sample_rows(k, offsets, block_size).float()  # [B, H, nkb, S, D]
+    b, h, nqb, s, d = qs.shape
+    nkb = ks.shape[2]
+    scores = torch.matmul(qs.view(b, h, nqb * s, d), ks.view(b, h, nkb * s, d).transpose(-1, -2)) * scale
+    row_max = scores.amax(dim=-1, keepdim=True)  # max over all sampled keys
+    block_max = scores.view(b, h, nqb * s, nkb, s).amax(dim=-1)  # [B, H, nqb*S, nkb]
+    p = torch.exp(block_max - row_max).view(b, h, nqb, s, nkb).amax(dim=3)  # max-pool over sampled queries
+    return p / p.sum(dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def estimate_block_importance(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    offsets: torch.Tensor,
+    block_size: int,
+    scale: float | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Block importance P [B, H, nqb, nkb] float32, rows summing to 1.
+
+    ``impl``: "torch" (reference), "triton" (fused CUDA kernel) or "auto" (Triton on CUDA when the sample count
+    is a power of two >= 16 and Triton imports, else the reference).
+    """
+    if impl not in ("auto", "torch", "triton"):
+        raise ValueError(f"impl={impl!r} must be 'auto', 'torch' or 'triton'.")
+    if impl == "auto":
+        impl = "triton" if _triton_usable(q, offsets.shape[-1], block_size) else "torch"
+    if impl == "torch":
+        return estimate_block_importance_reference(q, k, offsets, block_size, scale)
+    if not _triton_usable(q, offsets.shape[-1], block_size):
+        raise RuntimeError(
+            "The Triton estimate needs CUDA tensors, the 'triton' package (pip install triton) and num_keep a power "
+            f"of two >= 16 (got device={q.device}, num_keep={offsets.shape[-1]}); use impl='torch' otherwise."
+        )
+    from ._estimate_triton import estimate_block_importance_triton
+
+    return estimate_block_importance_triton(q, k, offsets, block_size, scale)
+
+
+def _triton_usable(q: torch.Tensor, num_keep: int, block_size: int) -> bool:
+    if q.device.type != "cuda" or num_keep < 16 or num_keep & (num_keep - 1) or q.shape[-1] not in (32, 64, 128):
+        return False
+    from . import _estimate_triton
+
+    return _estimate_triton.AVAILABLE
