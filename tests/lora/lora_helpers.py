@@ -94,14 +94,18 @@ def write_kohya(path: Path, lora: RandomLoRA, family: str, flat: bool = False) -
     return path
 
 
-def write_original_wan(path: Path, lora: RandomLoRA) -> Path:
-    """Original Wan naming, no prefix, no alphas (alpha / r folded into lora_B)."""
+def write_original_wan(path: Path, lora: RandomLoRA, prefixed: bool = False) -> Path:
+    """Original Wan naming: bare ``blocks.0.self_attn.q`` with alpha / r folded into lora_B, or with ``prefixed``
+    ``diffusion_model.blocks.0.self_attn.q`` and ``.alpha`` tensors."""
     tensors = {}
     for name, (a, b, alpha) in lora.factors.items():
         block, rest = name.split(".", 2)[1], name.split(".", 2)[2]
         key = f"blocks.{block}.{_WAN_ORIGINAL[rest]}"
+        if prefixed:
+            key = "diffusion_model." + key
+            tensors[f"{key}.alpha"] = torch.tensor(alpha)
         tensors[f"{key}.lora_A.weight"] = a
-        tensors[f"{key}.lora_B.weight"] = b * (alpha / a.shape[0])
+        tensors[f"{key}.lora_B.weight"] = b if prefixed else b * (alpha / a.shape[0])
     save_file(tensors, str(path))
     return path
 

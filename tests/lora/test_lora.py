@@ -38,10 +38,11 @@ from blade_ops.lora import (
 from blade_ops.models.tiny import tiny_transformer
 
 FORMATS = {
-    "wan": ["diffusers", "kohya", "kohya_flat", "original_wan"],
+    "wan": ["diffusers", "kohya", "kohya_flat", "original_wan", "original_wan_prefixed"],
     "cogvideox": ["diffusers", "kohya"],
 }
-EXPECTED_SOURCE = {"diffusers": "diffusers", "kohya": "kohya", "kohya_flat": "kohya", "original_wan": "original_wan"}
+EXPECTED_SOURCE = {"diffusers": "diffusers", "kohya": "kohya", "kohya_flat": "kohya", "original_wan": "original_wan",
+                   "original_wan_prefixed": "original_wan"}
 
 
 def write(kind: str, path, lora, family: str):
@@ -52,7 +53,7 @@ def write(kind: str, path, lora, family: str):
         return write_kohya(path, lora, family)
     if kind == "kohya_flat":
         return write_kohya(path, lora, family, flat=True)
-    return write_original_wan(path, lora)
+    return write_original_wan(path, lora, prefixed=kind.endswith("prefixed"))
 
 
 @pytest.fixture
