@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +17,8 @@ class ModelBundle:
     """Transformer, VAE, text encoder and tokenizer of one model; any part may be absent (None).
 
     ``variant`` names the configuration (e.g. "wan2.1-t2v-1.3b"); ``sources`` records the file or folder each
-    part was read from, for error messages and logs.
+    part was read from, for error messages and logs. ``device`` is where parts run and ``offload`` what happens
+    to a part between uses ("none": stays on ``device``; "model": back to the CPU), see ``placement.py``.
     """
 
     family: FamilySpec
@@ -27,6 +30,8 @@ class ModelBundle:
     variant: str | None = None
     dtype: torch.dtype = torch.float32
     sources: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"
+    offload: str = "none"
 
     def require(self, *parts: str) -> None:
         """Raise ValueError naming the parts a step needs that were not loaded."""
@@ -36,3 +41,14 @@ class ModelBundle:
                 f"The {self.family.name} model is missing {', '.join(missing)}; load "
                 f"{'them' if len(missing) > 1 else 'it'} from a diffusers folder or a single file first."
             )
+
+    @contextmanager
+    def using(self, part: str) -> Iterator[Any]:
+        """``with bundle.using("vae") as vae:`` runs a block with that part on ``device`` under the offload policy."""
+        from .placement import on_device
+
+        if part not in ("transformer", "vae", "text_encoder"):
+            raise ValueError(f"Unknown model part {part!r}; valid parts: transformer, vae, text_encoder.")
+        self.require(part)
+        with on_device(getattr(self, part), self.device, offload=self.offload) as module:
+            yield module

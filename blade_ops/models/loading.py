@@ -1,0 +1,546 @@
+"""Load Wan2.1 / CogVideoX parts from diffusers folders or single safetensors files, offline.
+
+Folders: a pipeline folder (model_index.json + transformer/, vae/, text_encoder/, tokenizer/, scheduler/) or
+one part's folder (config.json). Read with diffusers/transformers ``from_pretrained(..., use_safetensors=True,
+local_files_only=True)`` so nothing is fetched and no pickle is opened.
+
+Single files: the original Wan layout (ComfyUI's repackaged files, optionally under ``model.diffusion_model.``),
+diffusers keys, CogVideoX's SAT layout, and combined checkpoints holding transformer and VAE. The file is
+recognised from its header alone, converted to diffusers keys on meta tensors to pick or infer the config and to
+check every key and shape, and only then read. The model is built without allocating weights
+(``init_empty_weights``) and takes the file's tensors directly (``load_state_dict(assign=True)``), so a 14B
+checkpoint is held in memory once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..families import FAMILIES, get_family
+from . import keymaps
+from .bundle import ModelBundle
+from .detect import Sniff, describe_foreign, sniff
+from .files import PICKLE_SUFFIXES, load_tensors, read_header, read_shapes
+from .placement import check_offload, place
+from .variants import (
+    DEFAULT_VARIANT,
+    VARIANTS,
+    config_from_structure,
+    get_variant,
+    match_variant,
+    shipped_config,
+    structure_from_config,
+    structure_from_shapes,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PARTS = ("transformer", "vae", "text_encoder", "tokenizer")
+ALL_PARTS = DEFAULT_PARTS + ("scheduler",)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+PIPELINE_CLASSES = {"WanPipeline": "wan", "CogVideoXPipeline": "cogvideox"}
+MODEL_CLASSES = {
+    "WanTransformer3DModel": ("wan", "transformer"),
+    "AutoencoderKLWan": ("wan", "vae"),
+    "CogVideoXTransformer3DModel": ("cogvideox", "transformer"),
+    "AutoencoderKLCogVideoX": ("cogvideox", "vae"),
+}
+TEXT_ENCODER_CLASSES = {"UMT5EncoderModel": "wan", "T5EncoderModel": "cogvideox"}
+_CLASS_FOR = {v: k for k, v in MODEL_CLASSES.items()}
+
+PathLike = str | Path
+ConfigLike = dict | str | Path | None
+
+
+@dataclass
+class LoadedPart:
+    """A loaded module with what it is: family, shipped variant (None when its config was inferred), source."""
+
+    module: torch.nn.Module
+    family: str
+    variant: str | None
+    source: str
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """torch dtype from a dtype or one of "bf16", "fp16", "fp32"."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise ValueError(f"Unsupported dtype {dtype!r}; valid: {', '.join(DTYPES)} (or torch.bfloat16/float16/float32).")
+
+
+def _family_name(family: str | None) -> str | None:
+    return None if family is None else get_family(family).name
+
+
+def _model_class(family: str, part: str):
+    import diffusers
+
+    return getattr(diffusers, _CLASS_FOR[(family, part)])
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a readable JSON file ({err}).") from None
+
+
+def _overrides(config: ConfigLike) -> dict:
+    """``config`` as a dict of config values: a dict, a config.json path or a folder holding one."""
+    if config is None:
+        return {}
+    if isinstance(config, dict):
+        return dict(config)
+    path = Path(config).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"Config not found: {path}; expected a config.json file or a folder holding one.")
+    return {k: v for k, v in _read_json(path).items() if not k.startswith("_")}
+
+
+def _short(items, n: int = 5) -> str:
+    items = sorted(items)
+    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+# ------------------------------------------------------------------------------------------------ folders
+def _classify_folder(path: Path) -> tuple[str, str]:
+    """(kind, family) of a diffusers folder: kind is "pipeline" or a part name."""
+    if (path / "model_index.json").is_file():
+        cls = _read_json(path / "model_index.json").get("_class_name")
+        if cls not in PIPELINE_CLASSES:
+            raise ValueError(
+                f"{path} is a diffusers pipeline of class {cls!r}; expected one of {', '.join(PIPELINE_CLASSES)} "
+                "(Wan2.1 / CogVideoX text-to-video)."
+            )
+        return "pipeline", PIPELINE_CLASSES[cls]
+    if (path / "config.json").is_file():
+        cfg = _read_json(path / "config.json")
+        cls = cfg.get("_class_name")
+        if cls in MODEL_CLASSES:
+            family, part = MODEL_CLASSES[cls]
+            return part, family
+        arch = (cfg.get("architectures") or [None])[0]
+        if arch in TEXT_ENCODER_CLASSES:
+            return "text_encoder", TEXT_ENCODER_CLASSES[arch]
+        raise ValueError(
+            f"{path / 'config.json'} is for {cls or arch or 'an unknown model'}; expected one of "
+            f"{', '.join(list(MODEL_CLASSES) + list(TEXT_ENCODER_CLASSES))}."
+        )
+    raise FileNotFoundError(
+        f"{path} holds neither model_index.json nor config.json; expected a diffusers folder (model_index.json with "
+        "transformer/, vae/, text_encoder/, tokenizer/ subfolders) or one part's folder (config.json + safetensors)."
+    )
+
+
+def _check_folder_weights(path: Path) -> None:
+    """Every safetensors file of a part folder is complete; a folder of pickles only is refused."""
+    tensors = sorted(path.glob("*.safetensors"))
+    if not tensors:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        found = f"only pickle weights ({', '.join(pickles[:3])})" if pickles else "no weight files"
+        raise FileNotFoundError(
+            f"{path} has {found}; BLADE reads only .safetensors weights (a pickle can run arbitrary code). "
+            "Convert the weights to safetensors or download the safetensors release."
+        )
+    for f in tensors:
+        read_header(f)
+
+
+def _part_folder(path: Path, part: str) -> tuple[Path, str]:
+    """The folder of ``part`` inside a pipeline folder, or ``path`` itself when it is that part's folder."""
+    kind, family = _classify_folder(path)
+    if kind == part:
+        return path, family
+    if kind == "pipeline":
+        sub = path / part
+        if not sub.is_dir():
+            raise FileNotFoundError(f"{path} has no {part}/ subfolder; expected a diffusers folder with {part}/.")
+        return sub, family
+    raise ValueError(f"{path} is a {family} {kind} folder, not a {part} folder or a pipeline folder.")
+
+
+def _load_folder_part(path: Path, part: str, family: str | None, dtype, device) -> LoadedPart:
+    folder, found = _part_folder(path, part)
+    if family is not None and found != family:
+        raise ValueError(f"{folder} holds a {found} {part}, not a {family} one.")
+    _check_folder_weights(folder)
+    cls = _model_class(found, part)
+    module = cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True).eval()
+    matches = match_variant(found, part, structure_from_config(found, part, dict(module.config)))
+    variant = matches[0] if len(matches) == 1 else None
+    return LoadedPart(place(module, device), found, variant, str(folder))
+
+
+# ------------------------------------------------------------------------------------------- single files
+def _meta(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+
+
+def _to_diffusers(found: Sniff, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if found.layout == "diffusers":
+        return state_dict
+    if (found.family, found.part) == ("wan", "transformer"):
+        return keymaps.wan_transformer_to_diffusers(state_dict)
+    if (found.family, found.part) == ("wan", "vae"):
+        return keymaps.wan_vae_to_diffusers(state_dict)
+    if (found.family, found.part) == ("cogvideox", "transformer"):
+        return keymaps.cogvideox_sat_to_diffusers(state_dict)
+    raise ValueError(f"no converter for a {found.description}")
+
+
+def _find_part(path: Path, keys, part: str, family: str | None) -> Sniff:
+    found = sniff(keys)
+    mine = [s for s in found if s.part == part]
+    if family is not None and mine and mine[0].family != family:
+        raise ValueError(
+            f"{path} holds a {mine[0].description}, not a {FAMILIES[family].name} {part}. Use a {family} file or "
+            f"pass family={mine[0].family!r}."
+        )
+    if mine:
+        return mine[0]
+    if found:
+        other = found[0]
+        raise ValueError(
+            f"{path} holds a {other.description}, not a {part}; load it with load_{other.part}() instead."
+        )
+    want = "Wan2.1 or CogVideoX" if family is None else {"wan": "Wan2.1", "cogvideox": "CogVideoX"}[family]
+    example = {
+        "transformer": "'blocks.0.self_attn.q.weight' (Wan) or 'transformer_blocks.0.attn1.to_q.weight' (CogVideoX)",
+        "vae": "'decoder.middle.0.residual.0.gamma' (Wan) or 'decoder.conv_in.conv.weight' (CogVideoX)",
+    }[part]
+    raise ValueError(
+        f"{path} is not a {want} {part}: it looks like {describe_foreign(keys)}. Expected keys such as {example}."
+    )
+
+
+def _resolve_config(
+    path: Path, found: Sniff, part: str, shapes: dict, overrides: dict, variant: str | None
+) -> tuple[dict, str | None]:
+    family = found.family
+    try:
+        structure = structure_from_shapes(family, part, shapes)
+    except KeyError as err:
+        raise ValueError(
+            f"{path} looks like a {found.description} but lacks {err.args[0]}; the file is incomplete or of "
+            f"another model. Some of its keys: {_short(shapes)}."
+        ) from None
+    except ValueError as err:
+        raise ValueError(f"{path} looks like {err}.") from None
+    if part == "transformer" and structure["in_channels"] != FAMILIES[family].latent_channels:
+        raise ValueError(
+            f"{path} is a {found.description} with {structure['in_channels']} input channels; BLADE's text-to-video "
+            f"models take {FAMILIES[family].latent_channels} (an image-to-video or Wan2.2 model has more)."
+        )
+    matches = match_variant(family, part, structure)
+    if variant is not None:
+        if get_variant(variant).family != family:
+            raise ValueError(f"variant {variant!r} is a {get_variant(variant).family} model but {path} is {family}.")
+        if variant not in matches:
+            raise ValueError(
+                f"{path} does not have the shapes of variant {variant!r} ({structure}); it matches "
+                f"{', '.join(matches) if matches else 'no shipped variant'}."
+            )
+    if matches:
+        name = variant or (DEFAULT_VARIANT[family] if DEFAULT_VARIANT[family] in matches else matches[0])
+        cfg = shipped_config(name, part)
+        cfg.update(overrides)
+        return cfg, name
+    try:
+        cfg = config_from_structure(family, part, structure, overrides)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}.") from None
+    logger.info(
+        "%s matches no shipped variant (%s); using a config inferred from its shapes: %s",
+        path,
+        ", ".join(v for v in VARIANTS if VARIANTS[v].family == family),
+        structure,
+    )
+    return cfg, None
+
+
+def _build(cls, cfg: dict, path: Path, origin: str):
+    from accelerate import init_empty_weights
+
+    try:
+        with init_empty_weights(include_buffers=False):
+            return cls.from_config(cfg)
+    except (ValueError, TypeError, RuntimeError, AssertionError) as err:
+        raise ValueError(
+            f"{path}: cannot build {cls.__name__} from the {origin} config ({err}); pass config={{...}} with the "
+            "right values (settings no tensor shape reveals, e.g. norm_num_groups, num_attention_heads) or a "
+            "config.json."
+        ) from None
+
+
+def _check_fit(path: Path, found: Sniff, model, shapes: dict, config_origin: str) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = expected.keys() - shapes.keys()
+    unexpected = shapes.keys() - expected.keys()
+    wrong = [
+        f"{k}: file {shapes[k]} vs model {expected[k]}"
+        for k in expected.keys() & shapes.keys()
+        if shapes[k] != expected[k]
+    ]
+    if not (missing or unexpected or wrong):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {_short(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {_short(unexpected)})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(sorted(wrong)[:3])})")
+    raise ValueError(
+        f"{path} has an unexpected layout for a {found.description} with the {config_origin} config: "
+        + "; ".join(problems)
+        + ". The file may be damaged, partial, or a different model; a fine-tune with other settings needs "
+        "config={...}."
+    )
+
+
+def _keep_fp32(cls, name: str) -> bool:
+    keep = getattr(cls, "_keep_in_fp32_modules", None) or []
+    return any(m in name.split(".") for m in keep)
+
+
+def _load_file_part(
+    path: Path, part: str, family: str | None, config: ConfigLike, variant: str | None, dtype, device
+) -> LoadedPart:
+    shapes_all = read_shapes(path)
+    found = _find_part(path, shapes_all, part, family)
+    file_keys = [k for k in shapes_all if k.startswith(found.prefix)]
+    strip = len(found.prefix)
+    meta = _to_diffusers(found, _meta({k[strip:]: shapes_all[k] for k in file_keys}))
+    shapes = {k: tuple(v.shape) for k, v in meta.items()}
+    cfg, name = _resolve_config(path, found, part, shapes, _overrides(config), variant)
+    cls = _model_class(found.family, part)
+    origin = f"shipped {name}" if name else "inferred"
+    model = _build(cls, cfg, path, origin)
+    _check_fit(path, found, model, shapes, origin + (" (with overrides)" if config else ""))
+    tensors = _to_diffusers(found, {k[strip:]: v for k, v in load_tensors(path, file_keys).items()})
+    # Match diffusers' from_pretrained: modules it keeps in fp32 (Wan's norms, time embedding) stay fp32. Always
+    # copy: safetensors hands out views of the memory-mapped file at unaligned offsets, which keeps the file mapped
+    # and makes CPU kernels take slower paths with (slightly) different rounding.
+    tensors = {
+        k: v.to(dtype=torch.float32 if _keep_fp32(cls, k) else dtype, copy=True)
+        if v.is_floating_point()
+        else v.clone()
+        for k, v in tensors.items()
+    }
+    model.load_state_dict(tensors, strict=True, assign=True)
+    model.eval()
+    logger.info("loaded %s from %s (%s config)", found.description, path, origin)
+    return LoadedPart(place(model, device), found.family, name, str(path))
+
+
+def _load_part(path: PathLike, part: str, family, config, variant, dtype, device) -> LoadedPart:
+    path = Path(path).expanduser()
+    family = _family_name(family)
+    dtype = resolve_dtype(dtype)
+    if path.is_dir():
+        if config is not None:
+            raise ValueError(f"config= applies to single files; {path} is a folder with its own config.json.")
+        return _load_folder_part(path, part, family, dtype, device)
+    return _load_file_part(path, part, family, config, variant, dtype, device)
+
+
+# ------------------------------------------------------------------------------------------------ public
+def detect_family(path: PathLike) -> str:
+    """ "wan" or "cogvideox" for a diffusers folder (model_index.json / config.json) or a safetensors file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return _classify_folder(path)[1]
+    keys = read_shapes(path)
+    found = sniff(keys)
+    if not found:
+        raise ValueError(f"{path} is not a Wan2.1 or CogVideoX model file: it looks like {describe_foreign(keys)}.")
+    return found[0].family
+
+
+def detect_variant(path: PathLike, part: str = "transformer") -> str | None:
+    """The shipped variant a transformer (or VAE) file or folder matches, None when it matches none."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        folder, family = _part_folder(path, part)
+        cfg = _read_json(folder / "config.json")
+        matches = match_variant(family, part, structure_from_config(family, part, cfg))
+    else:
+        shapes_all = read_shapes(path)
+        found = _find_part(path, shapes_all, part, None)
+        strip = len(found.prefix)
+        meta = _to_diffusers(found, _meta({k[strip:]: s for k, s in shapes_all.items() if k.startswith(found.prefix)}))
+        structure = structure_from_shapes(found.family, part, {k: tuple(v.shape) for k, v in meta.items()})
+        matches = match_variant(found.family, part, structure)
+        family = found.family
+    if not matches:
+        return None
+    return DEFAULT_VARIANT[family] if DEFAULT_VARIANT[family] in matches else matches[0]
+
+
+def load_transformer(
+    path: PathLike,
+    *,
+    family: str | None = None,
+    config: ConfigLike = None,
+    variant: str | None = None,
+    dtype: torch.dtype | str = torch.bfloat16,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """WanTransformer3DModel / CogVideoXTransformer3DModel from a diffusers folder or a single safetensors file.
+
+    ``config`` (single files only): dict of config values, or a config.json (or its folder), applied over the
+    shipped or inferred config. ``variant`` asserts which shipped variant the file is (e.g. "wan2.1-t2v-14b").
+    """
+    return _load_part(path, "transformer", family, config, variant, dtype, device).module
+
+
+def load_vae(
+    path: PathLike,
+    *,
+    family: str | None = None,
+    config: ConfigLike = None,
+    variant: str | None = None,
+    dtype: torch.dtype | str = torch.bfloat16,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """AutoencoderKLWan / AutoencoderKLCogVideoX from a folder or a single file.
+
+    CogVideoX-2B and -5B share VAE weights but not the latent scaling factor (1.15258426 vs 0.7): ``variant``
+    picks it (default "cogvideox-5b"); ``load_model_bundle`` passes the transformer's variant.
+    """
+    return _load_part(path, "vae", family, config, variant, dtype, device).module
+
+
+def load_text_encoder(
+    path: PathLike, *, dtype: torch.dtype | str = torch.bfloat16, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, object]:
+    """(encoder, tokenizer) from a pipeline folder, or a text_encoder folder with tokenizer files in it or beside it.
+
+    UMT5 for Wan, T5 v1.1 for CogVideoX; only safetensors weights are read.
+    """
+    from transformers import AutoTokenizer, T5EncoderModel, UMT5EncoderModel
+
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ValueError(
+            f"{path} is not a folder; text encoders load from a diffusers folder (text_encoder/ and tokenizer/) "
+            "or a text_encoder folder (config.json + safetensors)."
+        )
+    folder, family = _part_folder(path, "text_encoder")
+    cfg = _read_json(folder / "config.json")
+    arch = (cfg.get("architectures") or [None])[0]
+    if arch not in TEXT_ENCODER_CLASSES:
+        raise ValueError(f"{folder} holds a {arch!r}; expected one of {', '.join(TEXT_ENCODER_CLASSES)}.")
+    _check_folder_weights(folder)
+    cls = UMT5EncoderModel if arch == "UMT5EncoderModel" else T5EncoderModel
+    encoder = cls.from_pretrained(folder, dtype=resolve_dtype(dtype), use_safetensors=True, local_files_only=True)
+    tok_dirs = [d for d in (folder.parent / "tokenizer", folder) if (d / "tokenizer_config.json").is_file()]
+    if not tok_dirs:
+        raise FileNotFoundError(
+            f"No tokenizer next to {folder}: expected {folder.parent / 'tokenizer'} or tokenizer files in {folder}."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(tok_dirs[0], local_files_only=True)
+    return place(encoder.eval(), device), tokenizer
+
+
+def load_model_bundle(
+    path: PathLike,
+    *,
+    family: str | None = None,
+    parts: tuple[str, ...] | list[str] = DEFAULT_PARTS,
+    vae_path: PathLike | None = None,
+    text_encoder_path: PathLike | None = None,
+    config: ConfigLike = None,
+    dtype: torch.dtype | str = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    offload: str = "none",
+) -> ModelBundle:
+    """Load the requested ``parts`` of one model into a :class:`ModelBundle`.
+
+    ``path`` is a diffusers folder (every part) or a transformer single file (a combined checkpoint may also hold
+    the VAE). ``vae_path`` / ``text_encoder_path`` supply parts from elsewhere (a VAE file, a text encoder
+    folder). With ``offload="model"`` parts stay on the CPU and go to ``device`` only while they work
+    (``bundle.using(part)``); with "none" they are placed on ``device`` now. ``config`` applies to a single-file
+    transformer. The scheduler config is read whenever the folder has one.
+    """
+    check_offload(offload)
+    unknown = [p for p in parts if p not in ALL_PARTS]
+    if unknown:
+        raise ValueError(f"Unknown model parts {unknown}; valid parts: {', '.join(ALL_PARTS)}.")
+    dtype = resolve_dtype(dtype)
+    path = Path(path).expanduser()
+    family = _family_name(family)
+    home = "cpu" if offload == "model" else device
+    sources: dict[str, str] = {}
+    transformer = vae = encoder = tokenizer = scheduler = None
+    variant = None
+
+    if path.is_dir():
+        found_family = _classify_folder(path)[1]
+        if family is not None and family != found_family:
+            raise ValueError(f"{path} holds a {found_family} model, not a {family} one.")
+        family = found_family
+    elif "transformer" in parts or "vae" in parts:
+        family = family or detect_family(path)
+
+    if "transformer" in parts:
+        got = _load_part(path, "transformer", family, config, None, dtype, home)
+        transformer, variant, sources["transformer"] = got.module, got.variant, got.source
+        family = got.family
+    if "vae" in parts:
+        vae_src = Path(vae_path).expanduser() if vae_path is not None else path
+        vae_variant = variant if variant is not None and VARIANTS[variant].family == family else None
+        try:
+            got = _load_part(vae_src, "vae", family, None, vae_variant, dtype, home)
+        except ValueError as err:
+            if vae_path is None and path.is_file():
+                raise ValueError(f"{err} Pass vae_path= with the VAE's file or folder.") from None
+            raise
+        vae, sources["vae"] = got.module, got.source
+        family = family or got.family
+    if "text_encoder" in parts or "tokenizer" in parts:
+        te_src = Path(text_encoder_path).expanduser() if text_encoder_path is not None else path
+        if not te_src.is_dir():
+            raise ValueError(
+                f"The text encoder loads from a diffusers folder, and {te_src} is a file; pass text_encoder_path= "
+                "with a diffusers folder (or its text_encoder/ folder), or leave text_encoder/tokenizer out of parts."
+            )
+        enc, tok = load_text_encoder(te_src, dtype=dtype, device=home)
+        if family is not None and TEXT_ENCODER_CLASSES.get(type(enc).__name__, family) != family:
+            raise ValueError(
+                f"{te_src} holds a {type(enc).__name__}, the text encoder of another family than {family}."
+            )
+        encoder = enc if "text_encoder" in parts else None
+        tokenizer = tok if "tokenizer" in parts else None
+        sources["text_encoder"] = str(te_src)
+    if path.is_dir() and (path / "scheduler" / "scheduler_config.json").is_file():
+        scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
+        sources["scheduler"] = str(path / "scheduler")
+
+    if family is None:
+        raise ValueError(f"Could not tell the model family of {path}; pass family= ({', '.join(FAMILIES)}).")
+    return ModelBundle(
+        family=get_family(family),
+        transformer=transformer,
+        vae=vae,
+        text_encoder=encoder,
+        tokenizer=tokenizer,
+        scheduler_config=scheduler,
+        variant=variant,
+        dtype=dtype,
+        sources=sources,
+        device=str(device),
+        offload=offload,
+    )

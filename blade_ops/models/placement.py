@@ -1,0 +1,106 @@
+"""Where model parts live while a video is made: GPU memory is the scarce resource.
+
+A Wan2.1-14B transformer (28 GB in bf16), its UMT5-XXL text encoder (11 GB) and VAE do not all fit on one
+consumer GPU, and each works in turn (text encoder, then the transformer for 8 steps, then the VAE). The
+``offload`` policy says what happens to a part when it is not working:
+
+- ``"none"``: every part moves to the execution device on first use and stays there (fastest).
+- ``"model"``: a part moves to the execution device only while it works and goes back to the CPU afterwards
+  (one part on the GPU at a time; costs a host<->device copy per use).
+
+The pipeline uses one call per stage::
+
+    with on_device(bundle.text_encoder, "cuda", offload="model") as te:
+        embeds = te(ids).last_hidden_state
+
+or, through a bundle, ``with bundle.using("text_encoder") as te: ...`` (policy and device from the bundle).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+OFFLOAD_POLICIES = ("none", "model")
+OFFLOAD_DEVICE = torch.device("cpu")
+
+
+def check_offload(policy: str) -> str:
+    """Return ``policy`` if valid, else raise ValueError naming the valid policies."""
+    if policy not in OFFLOAD_POLICIES:
+        raise ValueError(f"Unknown offload policy {policy!r}; valid policies: {', '.join(OFFLOAD_POLICIES)}.")
+    return policy
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" -> CUDA when available, else CPU; any other value as a torch.device (checked)."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"Invalid device {device!r} ({err}); use e.g. 'cpu', 'cuda', 'cuda:1' or 'auto'.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {device} was asked for but CUDA is not available here; use 'cpu' or 'auto'.")
+    return device
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for a module with neither)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return OFFLOAD_DEVICE
+
+
+def _same(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+
+
+def place(
+    module: torch.nn.Module | None, device: str | torch.device, dtype: torch.dtype | None = None
+) -> torch.nn.Module | None:
+    """Move ``module`` (in place) to ``device`` and optionally cast floating weights to ``dtype``; None passes.
+
+    Does nothing when the module is already there, so calling it before every use is cheap.
+    """
+    if module is None:
+        return None
+    device = resolve_device(device)
+    if dtype is not None:
+        module.to(dtype=dtype)
+    if not _same(module_device(module), device):
+        logger.debug("moving %s to %s", type(module).__name__, device)
+        module.to(device)
+    return module
+
+
+@contextmanager
+def on_device(
+    module: torch.nn.Module | None, device: str | torch.device, *, offload: str = "model"
+) -> Iterator[torch.nn.Module | None]:
+    """Run a block with ``module`` on ``device``; with ``offload="model"`` move it back to the CPU afterwards.
+
+    With ``offload="none"`` the module stays on ``device`` (it is not returned to where it was). The move back
+    also happens when the block raises, so an interrupted run does not leave the GPU full.
+    """
+    check_offload(offload)
+    place(module, device)
+    try:
+        yield module
+    finally:
+        if module is not None and offload == "model" and not _same(resolve_device(device), OFFLOAD_DEVICE):
+            module.to(OFFLOAD_DEVICE)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

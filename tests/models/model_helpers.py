@@ -1,0 +1,62 @@
+"""Helpers for the model-loading tests: tiny-model forwards and files written in each supported key layout."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from blade_ops.models.tiny import tiny_transformer_config
+
+# Wan's head count is invisible in its weights (qk-norm spans all heads); the tiny model has 2 heads x 12.
+WAN_TINY_HEADS = {"num_attention_heads": 2, "attention_head_dim": 12}
+# GroupNorm's group count is invisible too; the tiny CogVideoX VAE uses 2 groups.
+COG_TINY_VAE = {"norm_num_groups": 2}
+
+
+def save(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
+    return path
+
+
+def write_header_only(shapes: dict[str, tuple[int, ...]], path: Path, dtype: str = "BF16") -> Path:
+    """A sparse safetensors file with these shapes (all zeros, no disk used): stands in for a full-size release."""
+    header, offset = {}, 0
+    for k, s in shapes.items():
+        n = 2 * int(torch.Size(s).numel())
+        header[k] = {"dtype": dtype, "shape": list(s), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+    return path
+
+
+def meta_state_shapes(cls, config: dict) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes of a full-size model built without allocating weights."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = cls.from_config(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def wan_forward(model, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 16, 2, 4, 4, generator=g)
+    text = torch.randn(1, 5, tiny_transformer_config("wan")["text_dim"], generator=g)
+    p = model.patch_embedding.weight
+    with torch.no_grad():
+        return model(x.to(p.dtype), torch.tensor([500.0]), text.to(p.dtype)).sample.float()
+
+
+def cog_forward(model, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 3, 16, 8, 8, generator=g)  # [B, F, C, H, W]
+    text = torch.randn(1, 4, tiny_transformer_config("cogvideox")["text_embed_dim"], generator=g)
+    with torch.no_grad():
+        return model(x, text, torch.tensor([500])).sample.float()
