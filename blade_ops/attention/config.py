@@ -57,7 +57,7 @@ class ASAConfig:
         if isinstance(layers, list):
             object.__setattr__(self, "dense_layers", tuple(layers))
             layers = self.dense_layers
-        if not isinstance(layers, tuple) or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers):
+        if not isinstance(layers, tuple) or any(_bad_index(i) for i in layers):
             raise ValueError(f"dense_layers={layers!r} must be a tuple of layer indices >= 0.")
         object.__setattr__(self, "dense_layers", tuple(sorted(set(layers))))
         if self.global_mode not in GLOBAL_MODES:
@@ -105,6 +105,10 @@ class ASAConfig:
         if "dense_layers" in kwargs:
             kwargs["dense_layers"] = tuple(int(i) for i in kwargs["dense_layers"])
         return cls(**kwargs)
+
+
+def _bad_index(i: Any) -> bool:
+    return not isinstance(i, int) or isinstance(i, bool) or i < 0
 
 
 def _is_real(value: Any) -> bool:

@@ -173,9 +173,11 @@ class CogVideoXASAProcessor(_ASAProcessorBase):
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         if image_rotary_emb is not None:
-            query = torch.cat([query[:, :, :text_len], _rotate_pairs_cog(query[:, :, text_len:], *image_rotary_emb)], 2)
+            rotated_q = _rotate_pairs_cog(query[:, :, text_len:], *image_rotary_emb)
+            query = torch.cat([query[:, :, :text_len], rotated_q], dim=2)
             if not attn.is_cross_attention:
-                key = torch.cat([key[:, :, :text_len], _rotate_pairs_cog(key[:, :, text_len:], *image_rotary_emb)], 2)
+                rotated_k = _rotate_pairs_cog(key[:, :, text_len:], *image_rotary_emb)
+                key = torch.cat([key[:, :, :text_len], rotated_k], dim=2)
         out = self._attend(query, key, value, text_len, True)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
         out = attn.to_out[0](out)
@@ -186,12 +188,13 @@ class CogVideoXASAProcessor(_ASAProcessorBase):
 
 def _family_of(transformer: torch.nn.Module) -> str:
     name = type(transformer).__name__
-    if name.startswith("WanTransformer3DModel") or name == "WanTransformer3DModel":
+    if name.startswith("WanTransformer3DModel"):
         return "wan"
     if name.startswith("CogVideoXTransformer3DModel"):
         return "cogvideox"
     raise ValueError(
-        f"install_asa supports WanTransformer3DModel and CogVideoXTransformer3DModel; got {type(transformer).__name__}."
+        "install_asa supports WanTransformer3DModel and CogVideoXTransformer3DModel; "
+        f"got {type(transformer).__name__}."
     )
 
 
@@ -248,7 +251,9 @@ def install_asa(transformer: torch.nn.Module, config: ASAConfig | None = None, b
     num_layers = len(attns)
     bad = [i for i in config.dense_layers if i >= num_layers]
     if bad:
-        raise ValueError(f"dense_layers {bad} out of range for a model with {num_layers} blocks (0..{num_layers - 1}).")
+        raise ValueError(
+            f"dense_layers {bad} out of range for a model with {num_layers} blocks (valid: 0..{num_layers - 1})."
+        )
     proc_cls = WanASAProcessor if family == "wan" else CogVideoXASAProcessor
     for i, attn in enumerate(attns):
         handle._originals[i] = attn.processor

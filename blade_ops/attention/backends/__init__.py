@@ -132,6 +132,6 @@ def _has(module: str) -> bool:
         return False
 
 
-from . import torch_backend as _torch_backend  # noqa: E402,F401  (registers "torch")
-from . import flex as _flex  # noqa: E402,F401  (registers "flex")
 from . import block_sparse as _block_sparse  # noqa: E402,F401  (registers "block_sparse_attn")
+from . import flex as _flex  # noqa: E402,F401  (registers "flex")
+from . import torch_backend as _torch_backend  # noqa: E402,F401  (registers "torch")
