@@ -1,0 +1,53 @@
+"""Latents -> frames through the family's VAE, with optional tiling (less memory at high resolution) and slicing
+(one video of a batch at a time)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from ..models.bundle import ModelBundle
+
+
+@contextmanager
+def _vae_memory_options(vae: torch.nn.Module, tiled: bool, sliced: bool):
+    """Switch tiling/slicing for one decode and restore the VAE's own setting afterwards."""
+    before = (getattr(vae, "use_tiling", False), getattr(vae, "use_slicing", False))
+    if hasattr(vae, "use_tiling"):
+        vae.use_tiling = tiled or before[0]
+    if hasattr(vae, "use_slicing"):
+        vae.use_slicing = sliced or before[1]
+    try:
+        yield
+    finally:
+        if hasattr(vae, "use_tiling"):
+            vae.use_tiling = before[0]
+        if hasattr(vae, "use_slicing"):
+            vae.use_slicing = before[1]
+
+
+def unscale_latents(bundle: ModelBundle, latents: torch.Tensor) -> torch.Tensor:
+    """Undo the latent normalisation the transformer works in; returns [B, C, T, H, W] for the VAE.
+
+    Wan: x * std + mean per channel (from the VAE config). CogVideoX: [B, T, C, H, W] -> [B, C, T, H, W] / scale.
+    """
+    cfg = bundle.vae.config
+    if bundle.family.name == "wan":
+        shape = (1, cfg.z_dim, 1, 1, 1)
+        mean = torch.tensor(cfg.latents_mean, dtype=latents.dtype, device=latents.device).view(shape)
+        std = torch.tensor(cfg.latents_std, dtype=latents.dtype, device=latents.device).view(shape)
+        return latents * std + mean
+    return latents.permute(0, 2, 1, 3, 4) / cfg.scaling_factor
+
+
+@torch.no_grad()
+def decode(bundle: ModelBundle, latents: torch.Tensor, *, tiled: bool = False, sliced: bool = False) -> torch.Tensor:
+    """Frames [B, F, H, W, C] float32 in [0, 1] on the CPU from final latents in the family's layout."""
+    bundle.require("vae")
+    vae = bundle.vae
+    device = next(vae.parameters()).device
+    z = unscale_latents(bundle, latents.to(device=device, dtype=torch.float32)).to(vae.dtype)
+    with _vae_memory_options(vae, tiled, sliced):
+        video = vae.decode(z, return_dict=False)[0]  # [B, C, F, H, W] in [-1, 1]
+    return (video.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).cpu().contiguous()

@@ -1,0 +1,100 @@
+"""text -> latents -> frames: the stages composed for one request, each part on the device only while it runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from ..families import check_video_size
+from ..models.bundle import ModelBundle
+from ..models.placement import on_device, resolve_device
+from ..sampling import make_sampler
+from ..text import encode_prompts
+from .decode import decode
+from .denoise import Guidance, StepCallback, denoise
+from .latents import latent_grid, prepare_latents
+from .request import GenerationRequest, GenerationResult
+
+logger = logging.getLogger(__name__)
+
+
+def _check_cogvideox_frames(bundle: ModelBundle, frames: int) -> None:
+    """CogVideoX 1.0's VAE decodes latent frames in pairs after an odd first group: an even latent count T gives
+    4T frames instead of 4T - 3, so only 8k+1 frames (odd T) come out at the requested length."""
+    if bundle.family.name != "cogvideox" or bundle.transformer is None:
+        return
+    cogvideox_1_0 = getattr(bundle.transformer.config, "patch_size_t", None) is None
+    if cogvideox_1_0 and bundle.family.latent_frames(frames) % 2 == 0:
+        raise ValueError(
+            f"frames={frames} gives an even number of CogVideoX latent frames, which its VAE decodes to "
+            f"{frames + 3} frames; use 8k+1 frames (nearest valid: {[frames - 4, frames + 4]}; e.g. 9, 17, ..., 49)."
+        )
+
+
+def generate(
+    bundle: ModelBundle,
+    request: GenerationRequest,
+    *,
+    callback: StepCallback | None = None,
+    device: torch.device | str | None = None,
+    output_latents_only: bool = False,
+) -> GenerationResult:
+    """Run ``request`` on ``bundle``. The seed drives a CPU generator, so results repeat across devices.
+
+    ``device`` defaults to the bundle's (else CUDA when available). Each part is moved there for its stage; with
+    ``request.offload`` (or the bundle's offload policy "model") it goes back to the CPU right after, so only one
+    large part is on the GPU at a time.
+
+    ``callback`` gets a StepInfo after each step; returning False raises GenerationCancelled (models stay usable).
+    """
+    family = bundle.family
+    size = request.size(family)
+    check_video_size(family, **size)
+    _check_cogvideox_frames(bundle, size["frames"])
+    bundle.require("transformer", "text_encoder", "tokenizer", *(() if output_latents_only else ("vae",)))
+    device = resolve_device(device if device is not None else getattr(bundle, "device", None))
+    offload = "model" if request.offload else getattr(bundle, "offload", "none")
+    sampler = make_sampler(
+        request.sampler, family, bundle.scheduler_config, steps=request.steps, shift=request.shift, eta=request.eta
+    )
+    guidance = Guidance(float(request.guidance), request.dynamic_guidance)
+    negative = request.negative_prompt
+    if negative is None:
+        negative = family.default_negative_prompt
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    timings: dict[str, float] = {}
+    logger.info("Sampling %s at %s with %s, CFG %s", family.name, size, sampler.describe(), guidance)
+
+    start = time.perf_counter()
+    with on_device(bundle.text_encoder, device, offload=offload):
+        embeds = encode_prompts(
+            bundle, request.prompts, negative, guidance=guidance.enabled, max_length=request.max_sequence_length
+        )
+    timings["text_encoding"] = time.perf_counter() - start
+
+    grid = latent_grid(family, **size)
+    channels = int(getattr(bundle.transformer.config, "in_channels", family.latent_channels))
+    latents = prepare_latents(
+        family, len(request.prompts), grid, generator, channels=channels, init_noise_sigma=sampler.init_noise_sigma
+    )
+    start = time.perf_counter()
+    with on_device(bundle.transformer, device, offload=offload):
+        latents = denoise(bundle, embeds, latents, sampler, guidance, callback, generator)
+    timings["denoising"] = time.perf_counter() - start
+
+    frames = None
+    if not output_latents_only:
+        start = time.perf_counter()
+        with on_device(bundle.vae, device, offload=offload):
+            frames = decode(bundle, latents, tiled=request.vae_tiling, sliced=request.vae_slicing)
+        timings["vae_decode"] = time.perf_counter() - start
+    return GenerationResult(
+        frames=frames,
+        latents=latents.cpu(),
+        fps=request.fps or family.fps,
+        seed=request.seed,
+        timesteps=[float(t) for t in sampler.timesteps],
+        timings=timings,
+    )

@@ -1,0 +1,134 @@
+"""The registered samplers: ``baseline`` (the families' 50-step solvers), ``blade`` (the 8-step schedule the
+released BLADE LoRAs expect) and ``tdm`` (the stochastic rollout BLADE trains with).
+
+REFERENCE.md, "Inference with a BLADE LoRA" and "Baselines":
+- Wan: UniPC flow matching, flow_shift 3.0 -> 8 steps visit about [999, 954, 900, 833, 750, 643, 500, 301].
+- CogVideoX: CogVideoXDPMScheduler, trailing spacing -> 8 steps visit [999, 874, ..., 124].
+- TDM (Sec. 3.2): timesteps 999 - 125k, x_next = add_noise(x0, eta * eps + sqrt(1 - eta^2) z, t_next).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..families import FamilySpec
+from .base import Sampler, register_sampler
+from .schedulers import build_scheduler
+
+
+class SchedulerSampler(Sampler):
+    """Steps a diffusers scheduler: UniPC (Wan) or CogVideoX's DPM-Solver++ (CogVideoX).
+
+    ``shift`` is Wan's flow shift (it decides which sigmas the schedule visits); CogVideoX has none.
+    """
+
+    default_steps = 50
+    timestep_spacing: str | None = None  # None: keep the model's own
+
+    def __init__(
+        self,
+        family: FamilySpec,
+        scheduler_config: dict | None = None,
+        *,
+        steps: int | None = None,
+        shift: float | None = None,
+        eta: float | None = None,
+    ):
+        super().__init__(family, scheduler_config, steps=steps)
+        if eta is not None:
+            raise ValueError(f"eta={eta} applies to the 'tdm' sampler only, not to {self.name!r}.")
+        overrides: dict = {}
+        if shift is not None:
+            if family.name != "wan":
+                raise ValueError(f"shift={shift} applies to Wan's flow-matching schedule only, not {family.name}.")
+            if not shift > 0:
+                raise ValueError(f"shift={shift} must be positive (Wan uses 3.0 at 480p, 5.0 at 720p).")
+            overrides["flow_shift"] = float(shift)
+        if self.timestep_spacing is not None and family.name == "cogvideox":
+            overrides["timestep_spacing"] = self.timestep_spacing
+        self.scheduler = build_scheduler(family, scheduler_config, overrides=overrides)
+        self.scheduler.set_timesteps(self.steps, device="cpu")
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(0)
+        self.timesteps = self.scheduler.timesteps.clone()
+        self._previous_x0: torch.Tensor | None = None
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return float(self.scheduler.init_noise_sigma)
+
+    def step(
+        self, i: int, model_output: torch.Tensor, latents: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        t = self.timesteps[i]
+        if self.family.name == "wan":
+            return self.scheduler.step(model_output, t, latents, return_dict=False)[0]
+        # CogVideoX DPM-Solver++(2M) needs the previous x0 and timestep, and draws fresh noise each step.
+        t_back = self.timesteps[i - 1] if i > 0 else None
+        latents, self._previous_x0 = self.scheduler.step(
+            model_output, self._previous_x0, t, t_back, latents, generator=generator, return_dict=False
+        )
+        return latents
+
+
+@register_sampler("baseline")
+class BaselineSampler(SchedulerSampler):
+    """The family's 50-step solver with the model's own scheduler settings (use with CFG)."""
+
+    default_steps = 50
+
+
+@register_sampler("blade")
+class BladeSampler(SchedulerSampler):
+    """What BLADE LoRAs were distilled for: 8 steps, Wan UniPC shift 3.0, CogVideoX DPM trailing (no CFG)."""
+
+    default_steps = 8
+    timestep_spacing = "trailing"
+
+
+@register_sampler("tdm")
+class TDMSampler(Sampler):
+    """Stochastic TDM rollout: timesteps 999 - (1000 // steps) k; the last step returns the predicted x0.
+
+    From x_t the model output gives (x0, eps); the next state is add_noise(x0, eta eps + sqrt(1 - eta^2) z,
+    t_next) with z drawn from the run's generator. eta = 1 is deterministic DDIM-like, eta = 0 fully fresh noise.
+    """
+
+    default_steps = 8
+    default_eta = 0.9  # BLADE's training value
+
+    def __init__(
+        self,
+        family: FamilySpec,
+        scheduler_config: dict | None = None,
+        *,
+        steps: int | None = None,
+        shift: float | None = None,
+        eta: float | None = None,
+    ):
+        super().__init__(family, scheduler_config, steps=steps)
+        if shift is not None:
+            raise ValueError(
+                f"shift={shift} does not apply to 'tdm': its timesteps are fixed at 999 - (1000 // steps) k and "
+                "sigma(t) = t / 1000 exactly."
+            )
+        self.eta = self.default_eta if eta is None else float(eta)
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta={eta} must lie in [0, 1] (BLADE trains with 0.9).")
+        total = int((scheduler_config or {}).get("num_train_timesteps", 1000))
+        stride = total // self.steps
+        self.timesteps = torch.tensor([total - 1 - stride * k for k in range(self.steps)], dtype=torch.long)
+        self.param = self.parameterization()
+
+    def step(
+        self, i: int, model_output: torch.Tensor, latents: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        x0, eps = self.param.to_x0_eps(latents.float(), model_output.float(), self.timesteps[i])
+        if i + 1 == len(self.timesteps):
+            return x0
+        z = randn_tensor(eps.shape, generator=generator, device=eps.device, dtype=eps.dtype)
+        noise = self.eta * eps + math.sqrt(1.0 - self.eta**2) * z
+        return self.param.add_noise(x0, noise, self.timesteps[i + 1])
