@@ -1,0 +1,151 @@
+"""Loader nodes: the transformer, the VAE and the text encoder, from ComfyUI's model folders.
+
+Each accepts a single safetensors file from the matching folder (diffusion_models, vae, text_encoders) or a
+diffusers-format folder from models/diffusers. Reading, family detection and the error messages for files of the
+wrong kind are blade_ops' job; these nodes only resolve names to paths and pick dtypes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from . import comfy_bridge as bridge
+from .types import BLADE_MODEL, BLADE_TEXT_ENCODER, BLADE_VAE, CATEGORY, BladeModel
+
+log = logging.getLogger(__name__)
+
+FAMILY_CHOICES = ["auto", "wan", "cogvideox"]
+DTYPES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+}
+DTYPE_CHOICES = list(DTYPES)
+
+FAMILY_TOOLTIP = "Model family. 'auto' reads it from the file's tensor names; set it when auto-detection is wrong."
+DTYPE_TOOLTIP = "Weight dtype: bf16 (what the released models use), fp16, or fp32 (twice the memory, for checks)."
+
+
+def _load(path, parts: tuple[str, ...], family: str, dtype: str):
+    """A ModelBundle holding ``parts`` read from ``path``, on the CPU until a node needs it on the GPU."""
+    from ..blade_ops.models import load_model_bundle
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {DTYPE_CHOICES}.")
+    return load_model_bundle(
+        path, family=None if family == "auto" else family, parts=parts, dtype=DTYPES[dtype], device="cpu"
+    )
+
+
+class BladeModelLoader:
+    """Load a Wan2.1 or CogVideoX transformer."""
+
+    DESCRIPTION = (
+        "Loads a Wan2.1 or CogVideoX text-to-video transformer from models/diffusion_models (single .safetensors, "
+        "e.g. wan2.1_t2v_1.3B_bf16.safetensors) or a diffusers folder in models/diffusers. Chain BLADE ASA and "
+        "BLADE LoRA after it, then BLADE Sampler."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (BLADE_MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The transformer, with its family and sampler settings.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model_name": (
+                    bridge.model_choices("diffusion_models", diffusers=True),
+                    {"tooltip": "Transformer file in models/diffusion_models, or a diffusers folder in "
+                     "models/diffusers."},
+                ),
+                "family": (FAMILY_CHOICES, {"default": "auto", "tooltip": FAMILY_TOOLTIP}),
+                "dtype": (DTYPE_CHOICES, {"default": "bf16", "tooltip": DTYPE_TOOLTIP}),
+            }
+        }
+
+    def load(self, model_name: str, family: str = "auto", dtype: str = "bf16") -> tuple[BladeModel]:
+        path = bridge.resolve_model_path(model_name, "diffusion_models", diffusers=True)
+        bundle = _load(path, ("transformer",), family, dtype)
+        log.info("BLADE: loaded %s transformer from %s", bundle.family.name, path)
+        return (BladeModel(bundle),)
+
+
+class BladeVAELoader:
+    """Load the Wan2.1 or CogVideoX VAE."""
+
+    DESCRIPTION = (
+        "Loads the video VAE from models/vae (e.g. wan_2.1_vae.safetensors) or from a diffusers folder in "
+        "models/diffusers. Feeds BLADE VAE Decode."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (BLADE_VAE,)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The VAE that turns latents into frames.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "vae_name": (
+                    bridge.model_choices("vae", diffusers=True),
+                    {"tooltip": "VAE file in models/vae, or a diffusers folder in models/diffusers."},
+                ),
+                "family": (FAMILY_CHOICES, {"default": "auto", "tooltip": FAMILY_TOOLTIP}),
+                "dtype": (DTYPE_CHOICES, {"default": "bf16", "tooltip": DTYPE_TOOLTIP}),
+            }
+        }
+
+    def load(self, vae_name: str, family: str = "auto", dtype: str = "bf16") -> tuple:
+        path = bridge.resolve_model_path(vae_name, "vae", diffusers=True)
+        bundle = _load(path, ("vae",), family, dtype)
+        log.info("BLADE: loaded %s VAE from %s", bundle.family.name, path)
+        return (bundle,)
+
+
+class BladeTextEncoderLoader:
+    """Load the family's T5 text encoder and tokenizer."""
+
+    DESCRIPTION = (
+        "Loads the model's text encoder (UMT5-XXL for Wan2.1, T5-XXL for CogVideoX) with its tokenizer from a "
+        "diffusers folder in models/diffusers or a text encoder folder in models/text_encoders. To reuse "
+        "ComfyUI's own Wan text encoder instead, use CLIPLoader (type wan) + CLIPTextEncode + BLADE "
+        "Conditioning To Embeds."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (BLADE_TEXT_ENCODER,)
+    RETURN_NAMES = ("text_encoder",)
+    OUTPUT_TOOLTIPS = ("Text encoder and tokenizer, for BLADE Text Encode.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "text_encoder_name": (
+                    bridge.model_choices("text_encoders", diffusers=True, files=False),
+                    {"tooltip": "A diffusers folder in models/diffusers (its text_encoder/ and tokenizer/ are "
+                     "used), or a text encoder folder (config.json, safetensors, tokenizer files) in "
+                     "models/text_encoders."},
+                ),
+                "family": (FAMILY_CHOICES, {"default": "auto", "tooltip": FAMILY_TOOLTIP}),
+                "dtype": (DTYPE_CHOICES, {"default": "bf16", "tooltip": DTYPE_TOOLTIP}),
+            }
+        }
+
+    def load(self, text_encoder_name: str, family: str = "auto", dtype: str = "bf16") -> tuple:
+        path = bridge.resolve_model_path(text_encoder_name, "text_encoders", diffusers=True)
+        bundle = _load(path, ("text_encoder", "tokenizer"), family, dtype)
+        log.info("BLADE: loaded %s text encoder from %s", bundle.family.name, path)
+        return (bundle,)
+
+
+NODES = {
+    "BladeModelLoader": (BladeModelLoader, "BLADE Model Loader"),
+    "BladeVAELoader": (BladeVAELoader, "BLADE VAE Loader"),
+    "BladeTextEncoderLoader": (BladeTextEncoderLoader, "BLADE Text Encoder Loader"),
+}

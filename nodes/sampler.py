@@ -1,0 +1,173 @@
+"""BLADE Sampler node: embeddings -> video latents with the 8-step BLADE schedule, TDM, or the dense baseline.
+
+The LATENT it returns is a normal ComfyUI latent: ``samples`` [B, 16, T, H, W] in the VAE's own scale (what core's
+Wan latent format produces after ``process_out``), so for Wan it also decodes with ComfyUI's VAE Decode. The exact
+latents in the model's layout ride along under ``blade`` for BLADE VAE Decode.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import torch
+
+from . import comfy_bridge as bridge
+from .patching import patched
+from .types import BLADE_EMBEDS, BLADE_MODEL, CATEGORY, BladeModel
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = ["blade", "tdm", "baseline"]
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+OOM_ADVICE = (
+    "Lower width, height or frames, load the model with dtype bf16/fp16, or close other programs using the GPU."
+)
+
+
+def size_from_latent(latent: dict, family) -> tuple[int, int, int, int]:
+    """(width, height, frames, batch) of a video LATENT [B, C, T, H, W] for ``family``'s VAE strides."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 5:
+        shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+        raise ValueError(
+            f"The latent input has shape {shape}; BLADE Sampler needs a video LATENT [batch, 16, frames, height, "
+            "width], e.g. from EmptyHunyuanLatentVideo / Wan's empty latent node. Or disconnect it and set the size."
+        )
+    b, _, t, h, w = samples.shape
+    s = family.vae_spatial_stride
+    return w * s, h * s, (t - 1) * family.vae_temporal_stride + 1, b
+
+
+def _batched(embeds, batch: int):
+    """Repeat a single prompt's embeddings over a latent batch; refuse other mismatches."""
+    n = embeds.cond.shape[0]
+    if n == batch:
+        return embeds
+    if n != 1:
+        raise ValueError(
+            f"{n} prompts were encoded but the latent batch is {batch}; make them equal or use one prompt."
+        )
+    rep = lambda x: None if x is None else x.expand(batch, *x.shape[1:]).clone()  # noqa: E731
+    return type(embeds)(rep(embeds.cond), rep(embeds.uncond))
+
+
+def vae_scale_latents(model: BladeModel, latents: torch.Tensor) -> torch.Tensor:
+    """Model-space latents -> the VAE's own scale [B, C, T, H, W], from the shipped VAE config of the variant."""
+    from ..blade_ops.models.bundle import ModelBundle
+    from ..blade_ops.models.variants import DEFAULT_VARIANT, VARIANTS, shipped_config
+    from ..blade_ops.pipeline import unscale_latents
+
+    variant = model.bundle.variant if model.bundle.variant in VARIANTS else DEFAULT_VARIANT[model.family.name]
+    vae_config = SimpleNamespace(config=SimpleNamespace(**shipped_config(variant, "vae")))
+    return unscale_latents(ModelBundle(model.family, vae=vae_config), latents)
+
+
+class BladeSampler:
+    """Sample video latents; Cancel in the UI stops within one step and leaves the model usable."""
+
+    DESCRIPTION = (
+        "Generates video latents. scheduler 'blade' with 8 steps and guidance 1.0 is what BLADE LoRAs are "
+        "distilled for (Wan: UniPC flow shift 3; CogVideoX: DPM trailing); 'tdm' is the stochastic sampler of "
+        "training; 'baseline' with 50 steps and guidance 5 (Wan) / 6 (CogVideoX) is the dense reference. Width and "
+        "height must be multiples of 16, frames 4k+1; a connected LATENT sets the size and batch instead."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Video latents [B, 16, T, H/8, W/8]; decode with BLADE VAE Decode (or VAE Decode for Wan).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (BLADE_MODEL, {"tooltip": "From BLADE Model Loader, optionally through BLADE ASA / LoRA."}),
+                "embeds": (BLADE_EMBEDS, {"tooltip": "From BLADE Text Encode or BLADE Conditioning To Embeds."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "step": 1, "control_after_generate": True,
+                                 "tooltip": "Noise seed; the same seed gives the same video on any device."}),
+                "steps": ("INT", {"default": 8, "min": 1, "max": 1000, "step": 1,
+                                  "tooltip": "Sampling steps: 8 for BLADE, 50 for the baseline."}),
+                "guidance": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 50.0, "step": 0.1, "round": 0.01,
+                                       "tooltip": "CFG scale; 1.0 = off (BLADE). Above 1 uses the negative prompt "
+                                       "and costs a second pass per step."}),
+                "scheduler": (SCHEDULERS, {"default": "blade",
+                                           "tooltip": "blade: the 8-step schedule of BLADE LoRAs; tdm: stochastic "
+                                           "TDM sampler; baseline: the family's stock 50-step solver."}),
+                "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16,
+                                  "tooltip": "Video width in pixels, a multiple of 16 (Wan 832, CogVideoX 720)."}),
+                "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16,
+                                   "tooltip": "Video height in pixels, a multiple of 16 (480 for both)."}),
+                "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4,
+                                   "tooltip": "Number of frames, 4k+1 (Wan 81, CogVideoX 49)."}),
+                "dynamic_guidance": ("BOOLEAN", {"default": False,
+                                                 "tooltip": "Ramp CFG over the steps as CogVideoX-5B's baseline "
+                                                 "does; only matters with guidance above 1."}),
+            },
+            "optional": {
+                "latent": ("LATENT", {"tooltip": "Optional empty video latent: takes its size and batch instead of "
+                                      "width/height/frames (its content is not used: text-to-video)."}),
+            },
+        }
+
+    def sample(
+        self,
+        model: BladeModel,
+        embeds,
+        seed: int,
+        steps: int = 8,
+        guidance: float = 1.0,
+        scheduler: str = "blade",
+        width: int = 832,
+        height: int = 480,
+        frames: int = 81,
+        dynamic_guidance: bool = False,
+        latent: dict | None = None,
+    ) -> tuple[dict]:
+        from ..blade_ops.models import on_device
+        from ..blade_ops.pipeline import Guidance, denoise, latent_grid, prepare_latents
+        from ..blade_ops.sampling import make_sampler
+
+        family = model.family
+        model.bundle.require("transformer")
+        batch = embeds.cond.shape[0]
+        if latent is not None:
+            width, height, frames, batch = size_from_latent(latent, family)
+        grid = latent_grid(family, frames=frames, height=height, width=width)
+        embeds = _batched(embeds, batch)
+        guide = Guidance(float(guidance), bool(dynamic_guidance))
+        if guide.enabled and embeds.uncond is None:
+            raise ValueError(
+                f"guidance={guidance} needs a negative prompt: connect one to BLADE Conditioning To Embeds, or set "
+                "guidance to 1.0."
+            )
+        sampler = make_sampler(scheduler, family, model.bundle.scheduler_config, steps=steps)
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        transformer = model.bundle.transformer
+        channels = int(getattr(transformer.config, "in_channels", family.latent_channels))
+        noise = prepare_latents(family, batch, grid, generator, channels=channels,
+                                init_noise_sigma=sampler.init_noise_sigma)
+        progress = bridge.Progress(len(sampler.timesteps), "BLADE Sampler")
+
+        def on_step(info) -> None:
+            progress.update_absolute(info.step)
+            bridge.check_interrupted()
+
+        log.info("BLADE: %s, %dx%dx%d, %s, guidance %g", model.describe(), frames, height, width,
+                 sampler.describe(), guidance)
+        bridge.check_interrupted()
+        bridge.free_comfy_memory()
+        what = f"sampling {frames}x{height}x{width} (batch {batch})"
+        device = bridge.torch_device()
+        with bridge.oom_advice(what, OOM_ADVICE), on_device(transformer, device, offload="model"):
+            with patched(model):
+                latents = denoise(model.bundle, embeds, noise, sampler, guide, on_step, generator)
+        latents = latents.cpu()
+        out = {
+            "samples": vae_scale_latents(model, latents),
+            "blade": {"family": model.family.name, "latents": latents},
+        }
+        return (out,)
+
+
+NODES = {"BladeSampler": (BladeSampler, "BLADE Sampler")}

@@ -1,0 +1,120 @@
+"""Video nodes: decode latents to ComfyUI IMAGE frames, and save frames as an mp4 shown in the UI."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from . import comfy_bridge as bridge
+from .types import BLADE_VAE, CATEGORY
+
+log = logging.getLogger(__name__)
+
+
+class BladeVAEDecode:
+    """Decode BLADE Sampler latents to frames."""
+
+    DESCRIPTION = (
+        "Decodes the latents of BLADE Sampler into IMAGE frames [frames, height, width, 3] in 0..1, which Preview "
+        "Image, Create Video / Save Video, Save Animated WEBP or Video Combine take. Tiled decoding needs much less "
+        "GPU memory at high resolution."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("All frames of all videos in the batch, one after another.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "vae": (BLADE_VAE, {"tooltip": "From BLADE VAE Loader, of the same family as the model."}),
+                "latent": ("LATENT", {"tooltip": "From BLADE Sampler."}),
+                "tiled": ("BOOLEAN", {"default": False,
+                                      "tooltip": "Decode in overlapping tiles: slower, far less memory."}),
+            }
+        }
+
+    def decode(self, vae, latent: dict, tiled: bool = False) -> tuple[torch.Tensor]:
+        from ..blade_ops.models import on_device
+        from ..blade_ops.pipeline import decode
+
+        blade = latent.get("blade") if isinstance(latent, dict) else None
+        if not isinstance(blade, dict) or "latents" not in blade:
+            raise ValueError(
+                "This LATENT did not come from BLADE Sampler; decode it with ComfyUI's own VAE Decode instead."
+            )
+        if blade["family"] != vae.family.name:
+            raise ValueError(
+                f"The latents come from a {blade['family']} model but the VAE is {vae.family.name}'s; load the "
+                f"{blade['family']} VAE in BLADE VAE Loader."
+            )
+        bridge.check_interrupted()
+        bridge.free_comfy_memory()
+        advice = "Turn on 'tiled' in BLADE VAE Decode, or load the VAE with dtype bf16/fp16."
+        device = bridge.torch_device()
+        with bridge.oom_advice("decoding the video", advice), on_device(vae.vae, device, offload="model"):
+            frames = decode(vae, blade["latents"], tiled=bool(tiled))  # [B, F, H, W, C]
+        return (frames.reshape(-1, *frames.shape[2:]).float().cpu(),)
+
+
+class BladeSaveVideo:
+    """Save frames as an H.264 mp4 in ComfyUI's output folder and show it in the UI."""
+
+    DESCRIPTION = (
+        "Writes the frames as an H.264 mp4 into ComfyUI's output folder, with the workflow and prompt embedded in "
+        "the file's metadata, and shows the video on the node."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Frames from BLADE VAE Decode (or any IMAGE batch)."}),
+                "filename_prefix": ("STRING", {"default": "BLADE/video",
+                                               "tooltip": "File name prefix; may contain a subfolder and ComfyUI's "
+                                               "%date:yyyy-MM-dd% tokens."}),
+                "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0,
+                                  "tooltip": "Frames per second: Wan 16, CogVideoX 8."}),
+                "crf": ("INT", {"default": 19, "min": 0, "max": 51, "step": 1,
+                                "tooltip": "H.264 quality: lower is better and bigger (18-23 is typical)."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def save(
+        self,
+        images: torch.Tensor,
+        filename_prefix: str = "BLADE/video",
+        fps: float = 16.0,
+        crf: int = 19,
+        prompt: dict | None = None,
+        extra_pnginfo: dict | None = None,
+    ) -> dict:
+        from ..blade_ops.video_io import write_mp4
+
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            raise ValueError("images must be an IMAGE batch [frames, height, width, channels].")
+        height, width = int(images.shape[1]), int(images.shape[2])
+        path, filename, subfolder = bridge.save_path(filename_prefix, width, height, "mp4")
+        metadata = None
+        if not bridge.metadata_disabled():
+            metadata = dict(extra_pnginfo or {})
+            if prompt is not None:
+                metadata["prompt"] = prompt
+        write_mp4(images[..., :3], path, fps=float(fps), crf=int(crf), metadata=metadata or None)
+        log.info("BLADE: saved %d frames to %s", images.shape[0], path)
+        result = {"filename": filename, "subfolder": subfolder, "type": "output"}
+        return {"ui": {"images": [result], "animated": (True,)}}
+
+
+NODES = {
+    "BladeVAEDecode": (BladeVAEDecode, "BLADE VAE Decode"),
+    "BladeSaveVideo": (BladeSaveVideo, "BLADE Save Video"),
+}

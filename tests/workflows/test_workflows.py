@@ -1,0 +1,171 @@
+"""The committed workflows are what the build script generates, load as valid graphs, and run end to end.
+
+The structure checks stand in for the ComfyUI frontend (node types registered, link types matching, widget counts
+as the frontend derives them from INPUT_TYPES); the run checks execute each API workflow through the node classes
+on tiny models, the way ComfyUI's executor would, and look at the mp4 it writes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / "workflows"
+# Core ComfyUI node types our workflows may use: socket inputs and outputs, widget names in order.
+CORE_NODES = {"Note": {"inputs": [], "outputs": [], "widgets": ["text"], "api": False}}
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("build_workflows", WORKFLOWS / "build_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_workflows"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def builder(pack):
+    return _builder()
+
+
+def _names(suffix: str) -> list[str]:
+    return sorted(p.name for p in WORKFLOWS.glob(f"*{suffix}") if suffix == ".api.json" or ".api." not in p.name)
+
+
+UI_FILES = _names(".json")
+API_FILES = _names(".api.json")
+
+
+def test_every_family_and_mode_is_there():
+    stems = {n.removesuffix(".json") for n in UI_FILES}
+    assert {"wan_blade_8step", "wan_baseline_50step", "cogvideox_blade_8step", "cogvideox_baseline_50step"} <= stems
+    assert {n.removesuffix(".api.json") for n in API_FILES} == stems
+
+
+def test_committed_json_matches_the_script(builder):
+    built = builder.build_all()
+    assert sorted(built) == sorted(UI_FILES + API_FILES)
+    for name, obj in built.items():
+        assert (WORKFLOWS / name).read_text() == builder.dumps(obj), f"{name} is stale: run the build script"
+
+
+def _signature(builder, class_type: str) -> dict:
+    if class_type in CORE_NODES:
+        return CORE_NODES[class_type]
+    return builder.node_signature(class_type)
+
+
+@pytest.mark.parametrize("name", UI_FILES)
+def test_ui_workflow_is_a_valid_graph(pack, builder, name):
+    wf = json.loads((WORKFLOWS / name).read_text())
+    assert wf["version"] == 0.4
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]) and wf["last_node_id"] == max(nodes)
+    links = {link[0]: link for link in wf["links"]}
+    assert wf["last_link_id"] == max(links)
+    notes = [n["widgets_values"][0] for n in nodes.values() if n["type"] == "Note"]
+    assert notes and all("models/" in t and "diffusers/" in t for t in notes)
+    for node in nodes.values():
+        assert node["type"] in pack.NODE_CLASS_MAPPINGS or node["type"] in CORE_NODES, node["type"]
+        sig = _signature(builder, node["type"])
+        assert len(node["widgets_values"]) == len(sig["widgets"]), node["type"]
+        assert [(i["name"], i["type"]) for i in node["inputs"]] == [tuple(x) for x in sig["inputs"]]
+        assert [(o["name"], o["type"]) for o in node["outputs"]] == [tuple(x) for x in sig["outputs"]]
+        assert len(node["pos"]) == 2 and len(node["size"]) == 2
+        if node["type"] == "BladeSampler":
+            assert node["widgets_values"][sig["widgets"].index("control_after_generate")] in ("fixed", "randomize")
+        for widget, value in zip(sig["widgets"], node["widgets_values"], strict=True):
+            if widget == "control_after_generate" or node["type"] in CORE_NODES:
+                continue
+            spec = pack.NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES()
+            item = {**spec["required"], **spec.get("optional", {})}[widget]
+            opts = item[1]
+            if item[0] in ("INT", "FLOAT"):
+                assert opts["min"] <= value <= opts["max"], (node["type"], widget, value)
+            elif isinstance(item[0], list) and node["type"] not in ("BladeModelLoader", "BladeVAELoader",
+                                                                      "BladeTextEncoderLoader", "BladeLoraLoader"):
+                assert value in item[0], (node["type"], widget, value)
+        for slot, inp in enumerate(node["inputs"]):
+            if inp["link"] is None:
+                continue
+            link = links[inp["link"]]
+            assert link[3] == node["id"] and link[4] == slot
+            src = nodes[link[1]]
+            assert src["outputs"][link[2]]["type"] == inp["type"] == link[5]
+            assert inp["link"] in src["outputs"][link[2]]["links"]
+    for link_id, src, src_slot, dst, dst_slot, _ in wf["links"]:
+        assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
+        assert link_id in nodes[src]["outputs"][src_slot]["links"]
+    for node in nodes.values():
+        if node["type"] in CORE_NODES:
+            continue
+        required = pack.NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES()["required"]
+        unlinked = [i["name"] for i in node["inputs"] if i["link"] is None and i["name"] in required]
+        assert not unlinked, (node["type"], unlinked)
+
+
+@pytest.mark.parametrize("name", API_FILES)
+def test_api_workflow_matches_its_ui_twin(pack, builder, name):
+    api = json.loads((WORKFLOWS / name).read_text())
+    ui = json.loads((WORKFLOWS / name.replace(".api.json", ".json")).read_text())
+    ui_nodes = {str(n["id"]): n for n in ui["nodes"] if n["type"] not in ("Note",)}
+    assert set(api) == set(ui_nodes)
+    for node in api.values():
+        cls = pack.NODE_CLASS_MAPPINGS[node["class_type"]]
+        spec = cls.INPUT_TYPES()
+        missing = [k for k in spec["required"] if k not in node["inputs"]]
+        assert not missing, (node["class_type"], missing)
+        for value in node["inputs"].values():
+            if isinstance(value, list):
+                assert value[0] in api and isinstance(value[1], int)
+
+
+def run_api_workflow(pack, api: dict, extra_pnginfo: dict | None = None) -> dict[str, object]:
+    """Execute an API-format workflow through the node classes, in dependency order; returns each node's result."""
+    results: dict[str, object] = {}
+
+    def run(node_id: str):
+        if node_id in results:
+            return results[node_id]
+        node = api[node_id]
+        cls = pack.NODE_CLASS_MAPPINGS[node["class_type"]]
+        kwargs = {}
+        for key, value in node["inputs"].items():
+            if isinstance(value, list):
+                kwargs[key] = run(value[0])[value[1]]
+            else:
+                kwargs[key] = value
+        if "hidden" in cls.INPUT_TYPES():
+            kwargs.update(prompt=api, extra_pnginfo=extra_pnginfo)
+        results[node_id] = getattr(cls(), cls.FUNCTION)(**kwargs)
+        return results[node_id]
+
+    for node_id in api:
+        run(node_id)
+    return results
+
+
+@pytest.mark.parametrize("name", API_FILES)
+def test_api_workflow_runs_on_tiny_models(pack, comfy_env, name):
+    from blade_tiny_files import tiny_api_workflow
+
+    from blade_ops.models.tiny import tiny_video_size
+    from blade_ops.video_io import read_mp4, read_mp4_comment
+
+    family = "wan" if name.startswith("wan") else "cogvideox"
+    api = tiny_api_workflow(json.loads((WORKFLOWS / name).read_text()), family)
+    ui = json.loads((WORKFLOWS / name.replace(".api.json", ".json")).read_text())
+    results = run_api_workflow(pack, api, extra_pnginfo={"workflow": ui})
+    saved = [r["ui"]["images"][0] for r in results.values() if isinstance(r, dict) and "ui" in r]
+    assert len(saved) == 1 and saved[0]["type"] == "output" and saved[0]["filename"].endswith(".mp4")
+    path = comfy_env / saved[0]["subfolder"] / saved[0]["filename"]
+    frames, _ = read_mp4(path)
+    size = tiny_video_size(family)
+    assert frames.shape[:3] == (size["frames"], size["height"], size["width"])
+    comment = json.loads(read_mp4_comment(path))
+    assert comment["workflow"]["nodes"] and comment["prompt"] == api
