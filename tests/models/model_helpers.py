@@ -60,3 +60,8 @@ def cog_forward(model, seed: int = 0) -> torch.Tensor:
     text = torch.randn(1, 4, tiny_transformer_config("cogvideox")["text_embed_dim"], generator=g)
     with torch.no_grad():
         return model(x, text, torch.tensor([500])).sample.float()
+
+
+def meta_tensors(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Shape-only tensors, to run key conversions on full-size layouts without memory."""
+    return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
