@@ -1,0 +1,223 @@
+"""End-to-end timing of the headless pipeline on one GPU: text encoding, denoising and VAE decode for the
+``baseline`` preset (dense, 50 steps, CFG) and the ``blade`` preset (ASA, 8 steps, no CFG), with peak memory.
+
+The models are built with random weights from the full-size configs shipped in blade_ops/models/configs (the
+text encoders from the UMT5-XXL / T5-XXL geometry below), so no download is needed; timings do not depend on the
+weights. The BLADE LoRA is left out: merged, it costs nothing at run time.
+
+    python benchmarks/end_to_end.py --variant wan2.1-t2v-1.3b --write-docs
+    python benchmarks/end_to_end.py --variant cogvideox-5b --baseline-steps 50 --json runs/e2e_cog.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from blade_ops.attention import get_asa_handle  # noqa: E402
+from blade_ops.families import get_family  # noqa: E402
+from blade_ops.models.bundle import ModelBundle  # noqa: E402
+from blade_ops.models.tiny import build_word_tokenizer  # noqa: E402
+from blade_ops.models.variants import get_variant, shipped_config  # noqa: E402
+from blade_ops.pipeline import (  # noqa: E402
+    DEFAULT_SIZES,
+    Guidance,
+    decode,
+    denoise,
+    get_preset,
+    latent_grid,
+    prepare_latents,
+    prepare_model,
+)
+from blade_ops.sampling import make_sampler  # noqa: E402
+from blade_ops.text import encode_prompts  # noqa: E402
+
+logger = logging.getLogger("end_to_end")
+
+# Encoder geometry of google/umt5-xxl (Wan2.1) and google/t5-v1_1-xxl (CogVideoX): 24 layers, d_model 4096.
+TEXT_ENCODERS = {
+    "wan": ("UMT5EncoderModel", "UMT5Config", 256384),
+    "cogvideox": ("T5EncoderModel", "T5Config", 32128),
+}
+XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, relative_attention_num_buckets=32,
+           relative_attention_max_distance=128, feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0,
+           eos_token_id=1, decoder_start_token_id=0)
+PROMPT = "a red fox running through fresh snow at sunset, cinematic"
+
+
+def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast to ``dtype`` but keep the modules the class marks float32 (rope, time embedder, norms in Wan), as
+    ``from_pretrained(torch_dtype=...)`` does."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, module in model.named_modules():
+        if not any(k in name.split(".") for k in keep):
+            for param in module.parameters(recurse=False):
+                param.data = param.data.to(dtype)
+            for key, buf in module.named_buffers(recurse=False):
+                if buf.is_floating_point():
+                    module._buffers[key] = buf.to(dtype)
+    return model
+
+
+def build_random_bundle(variant: str, dtype: torch.dtype, device: torch.device) -> ModelBundle:
+    """Full-size transformer, VAE and text encoder with random weights, created directly on ``device``."""
+    import diffusers
+    import transformers
+
+    family = get_family(get_variant(variant).family)
+    parts = {}
+    with torch.device(device):
+        for part in ("transformer", "vae"):
+            cfg = shipped_config(variant, part)
+            cls = getattr(diffusers, cfg.pop("_class_name"))
+            cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+            parts[part] = _cast(cls.from_config(cfg), dtype).eval()
+        model_cls, config_cls, vocab = TEXT_ENCODERS[family.name]
+        config = getattr(transformers, config_cls)(vocab_size=vocab, **XXL)
+        parts["text_encoder"] = getattr(transformers, model_cls)(config).to(dtype).eval()
+    if family.name == "wan":
+        parts["vae"].float()  # Wan's VAE runs in float32, as its loader keeps it
+    return ModelBundle(family=family, tokenizer=build_word_tokenizer(), variant=variant, dtype=dtype, **parts)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _stage(fn):
+    """(result, seconds, peak GiB) of one stage."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    _sync()
+    start = time.perf_counter()
+    out = fn()
+    _sync()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    return out, seconds, peak
+
+
+def run_preset(bundle: ModelBundle, preset: str, size: dict, steps: int | None, args) -> dict:
+    family = bundle.family
+    p = get_preset(preset)
+    guidance = Guidance(p.guidance[family.name], p.dynamic_guidance[family.name])
+    negative = family.default_negative_prompt
+
+    def once(n_steps):
+        sampler = make_sampler(p.sampler, family, bundle.scheduler_config, steps=n_steps)
+        embeds, t_text, m_text = _stage(lambda: encode_prompts(bundle, [PROMPT], negative, guidance=guidance.enabled))
+        gen = torch.Generator("cpu").manual_seed(0)
+        noise = prepare_latents(family, 1, latent_grid(family, **size), gen)
+        latents, t_denoise, m_denoise = _stage(lambda: denoise(bundle, embeds, noise, sampler, guidance, None, gen))
+        _, t_vae, m_vae = _stage(lambda: decode(bundle, latents, tiled=args.vae_tiling))
+        return {
+            "steps": len(sampler.timesteps), "cfg": guidance.scale, "text_s": t_text, "denoise_s": t_denoise,
+            "step_s": t_denoise / len(sampler.timesteps), "vae_s": t_vae, "total_s": t_text + t_denoise + t_vae,
+            "peak_gib": max(m_text, m_denoise, m_vae), "peak_text_gib": m_text, "peak_denoise_gib": m_denoise,
+            "peak_vae_gib": m_vae,
+        }
+
+    logger.info("warm-up %s", preset)
+    once(args.warmup_steps)
+    logger.info("timing %s", preset)
+    return once(steps)
+
+
+def render_markdown(results: dict, command: str) -> str:
+    env = results["env"]
+    lines = [
+        "## End to end",
+        "",
+        f"{results['variant']}, {results['size']['frames']}x{results['size']['height']}x{results['size']['width']},"
+        f" {env['dtype']}, {env['gpu']}, torch {env['torch']}, diffusers {env['diffusers']}; random weights; "
+        f"VAE tiling {'on' if results['vae_tiling'] else 'off'}; ASA backend {results.get('asa_backend', '-')}.",
+        "",
+        "| preset | steps | CFG | text enc (s) | denoise (s) | per step (s) | VAE decode (s) | total (s) | peak (GiB) "
+        "| speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = results["presets"].get("baseline", {}).get("total_s")
+    for name, r in results["presets"].items():
+        speed = f"{base / r['total_s']:.2f}x" if base else "-"
+        lines.append(
+            f"| {name} | {r['steps']} | {r['cfg']:g} | {r['text_s']:.2f} | {r['denoise_s']:.2f} | {r['step_s']:.3f} "
+            f"| {r['vae_s']:.2f} | {r['total_s']:.2f} | {r['peak_gib']:.1f} | {speed} |"
+        )
+    lines += ["", f"Command: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def write_docs_section(md: str, path: Path) -> None:
+    """Replace (or append) the "## End to end" section of ``path``, leaving other sections alone."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    start = text.find("## End to end")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + md
+    else:
+        nxt = text.find("\n## ", start + 1)
+        text = text[:start] + md + (text[nxt + 1 :] if nxt >= 0 else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="wan2.1-t2v-1.3b", help="a shipped variant, e.g. cogvideox-5b")
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--frames", type=int)
+    parser.add_argument("--presets", default="baseline,blade", help="comma-separated, timed in this order")
+    parser.add_argument("--baseline-steps", type=int, default=50)
+    parser.add_argument("--blade-steps", type=int, default=8)
+    parser.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed warm-up run per preset")
+    parser.add_argument("--asa-backend", default="auto")
+    parser.add_argument("--vae-tiling", action="store_true")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--write-docs", action="store_true", help="update 'End to end' in docs/BENCHMARKS.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if not torch.cuda.is_available():
+        raise SystemExit("end_to_end.py measures GPU timings; no CUDA device is visible.")
+    device, dtype = torch.device("cuda"), getattr(torch, args.dtype)
+    bundle = build_random_bundle(args.variant, dtype, device)
+    default = DEFAULT_SIZES[bundle.family.name]
+    size = {k: getattr(args, k) or default[k] for k in default}
+    import diffusers
+
+    results = {
+        "variant": args.variant, "size": size, "vae_tiling": args.vae_tiling, "presets": {},
+        "env": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+                "dtype": args.dtype},
+    }
+    steps = {"baseline": args.baseline_steps, "blade": args.blade_steps}
+    # ASA changes the transformer for good: dense presets are timed first
+    for preset in sorted(args.presets.split(","), key=lambda name: get_preset(name).sparse):
+        if get_preset(preset).sparse:
+            prepare_model(bundle, preset, backend=args.asa_backend)
+            results["asa_backend"] = get_asa_handle(bundle.transformer).backend
+        results["presets"][preset] = run_preset(bundle, preset, size, steps.get(preset), args)
+        logger.info("%s: %s", preset, json.dumps(results["presets"][preset]))
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    md = render_markdown(results, command)
+    print(md)  # noqa: T201 (benchmark report)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.write_docs:
+        write_docs_section(md, ROOT / "docs" / "BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
