@@ -188,6 +188,16 @@ def _meta(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
 
 
+# Prefixes of the other parts of a combined (ComfyUI "checkpoint") file, left out when a part has no prefix.
+_OTHER_PART_PREFIXES = ("first_stage_model.", "vae.", "cond_stage_model.", "conditioner.", "text_encoders.", "model.")
+
+
+def _part_keys(shapes: dict, found: Sniff) -> list[str]:
+    if found.prefix:
+        return [k for k in shapes if k.startswith(found.prefix)]
+    return [k for k in shapes if not k.startswith(_OTHER_PART_PREFIXES)]
+
+
 def _to_diffusers(found: Sniff, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if found.layout == "diffusers":
         return state_dict
@@ -320,7 +330,7 @@ def _load_file_part(
 ) -> LoadedPart:
     shapes_all = read_shapes(path)
     found = _find_part(path, shapes_all, part, family)
-    file_keys = [k for k in shapes_all if k.startswith(found.prefix)]
+    file_keys = _part_keys(shapes_all, found)
     strip = len(found.prefix)
     meta = _to_diffusers(found, _meta({k[strip:]: shapes_all[k] for k in file_keys}))
     shapes = {k: tuple(v.shape) for k, v in meta.items()}
@@ -380,7 +390,7 @@ def detect_variant(path: PathLike, part: str = "transformer") -> str | None:
         shapes_all = read_shapes(path)
         found = _find_part(path, shapes_all, part, None)
         strip = len(found.prefix)
-        meta = _to_diffusers(found, _meta({k[strip:]: s for k, s in shapes_all.items() if k.startswith(found.prefix)}))
+        meta = _to_diffusers(found, _meta({k[strip:]: shapes_all[k] for k in _part_keys(shapes_all, found)}))
         structure = structure_from_shapes(found.family, part, {k: tuple(v.shape) for k, v in meta.items()})
         matches = match_variant(found.family, part, structure)
         family = found.family

@@ -110,3 +110,13 @@ def test_bundle_from_single_files(files, tiny_folder):
     assert type(bundle.text_encoder).__name__ == "UMT5EncoderModel"
     assert bundle.tokenizer("a red ball").input_ids[-1] == 1  # T5-style </s>
     assert bundle.variant is None and bundle.vae is not None
+
+
+def test_unprefixed_vae_beside_prefixed_transformer(tmp_path, files, wan_vae_tiny):
+    """A combined file whose VAE keys carry no prefix: the transformer's keys are not mistaken for the VAE's."""
+    from safetensors.torch import load_file
+
+    sd = {**load_file(str(files["wan_comfy"])), **load_file(str(files["wan_vae_original"]))}
+    path = save(sd, tmp_path / "mixed.safetensors")
+    _same_weights(load_vae(path, dtype="fp32"), wan_vae_tiny)
+    assert load_transformer(path, config=WAN_TINY_HEADS, dtype="fp32").config.num_layers == 2
