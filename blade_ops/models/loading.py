@@ -236,8 +236,9 @@ def _find_part(path: Path, keys, part: str, family: str | None) -> Sniff:
 
 
 def _resolve_config(
-    path: Path, found: Sniff, part: str, shapes: dict, overrides: dict, variant: str | None
+    path: Path, found: Sniff, part: str, shapes: dict, overrides: dict, variant: str | None, strict: bool = True
 ) -> tuple[dict, str | None]:
+    """(config, shipped variant or None). ``variant`` is asserted when ``strict``, else only preferred."""
     family = found.family
     try:
         structure = structure_from_shapes(family, part, shapes)
@@ -254,21 +255,24 @@ def _resolve_config(
             f"models take {FAMILIES[family].latent_channels} (an image-to-video or Wan2.2 model has more)."
         )
     matches = match_variant(family, part, structure)
-    if variant is not None:
-        if get_variant(variant).family != family:
-            raise ValueError(f"variant {variant!r} is a {get_variant(variant).family} model but {path} is {family}.")
-        if variant not in matches:
+    if variant is not None and get_variant(variant).family != family:
+        raise ValueError(f"variant {variant!r} is a {get_variant(variant).family} model but {path} is {family}.")
+    if variant is not None and matches and variant not in matches:
+        # The file is another shipped variant: an error when the caller asserted it, ignored when only preferred.
+        if strict:
             raise ValueError(
                 f"{path} does not have the shapes of variant {variant!r} ({structure}); it matches "
-                f"{', '.join(matches) if matches else 'no shipped variant'}."
+                f"{', '.join(matches)}."
             )
+        variant = None
     if matches:
         name = variant or (DEFAULT_VARIANT[family] if DEFAULT_VARIANT[family] in matches else matches[0])
         cfg = shipped_config(name, part)
         cfg.update(overrides)
         return cfg, name
+    # No shipped variant has these shapes: ``variant`` (or the family default) supplies the unseen settings.
     try:
-        cfg = config_from_structure(family, part, structure, overrides)
+        cfg = config_from_structure(family, part, structure, overrides, base_variant=variant)
     except ValueError as err:
         raise ValueError(f"{path}: {err}.") from None
     logger.info(
@@ -326,7 +330,7 @@ def _keep_fp32(cls, name: str) -> bool:
 
 
 def _load_file_part(
-    path: Path, part: str, family: str | None, config: ConfigLike, variant: str | None, dtype, device
+    path: Path, part: str, family: str | None, config: ConfigLike, variant: str | None, dtype, device, strict: bool
 ) -> LoadedPart:
     shapes_all = read_shapes(path)
     found = _find_part(path, shapes_all, part, family)
@@ -334,7 +338,7 @@ def _load_file_part(
     strip = len(found.prefix)
     meta = _to_diffusers(found, _meta({k[strip:]: shapes_all[k] for k in file_keys}))
     shapes = {k: tuple(v.shape) for k, v in meta.items()}
-    cfg, name = _resolve_config(path, found, part, shapes, _overrides(config), variant)
+    cfg, name = _resolve_config(path, found, part, shapes, _overrides(config), variant, strict)
     cls = _model_class(found.family, part)
     origin = f"shipped {name}" if name else "inferred"
     model = _build(cls, cfg, path, origin)
@@ -355,7 +359,7 @@ def _load_file_part(
     return LoadedPart(place(model, device), found.family, name, str(path))
 
 
-def _load_part(path: PathLike, part: str, family, config, variant, dtype, device) -> LoadedPart:
+def _load_part(path: PathLike, part: str, family, config, variant, dtype, device, strict: bool = True) -> LoadedPart:
     path = Path(path).expanduser()
     family = _family_name(family)
     dtype = resolve_dtype(dtype)
@@ -363,7 +367,7 @@ def _load_part(path: PathLike, part: str, family, config, variant, dtype, device
         if config is not None:
             raise ValueError(f"config= applies to single files; {path} is a folder with its own config.json.")
         return _load_folder_part(path, part, family, dtype, device)
-    return _load_file_part(path, part, family, config, variant, dtype, device)
+    return _load_file_part(path, part, family, config, variant, dtype, device, strict)
 
 
 # ------------------------------------------------------------------------------------------------ public
@@ -491,6 +495,8 @@ def load_model_bundle(
         raise ValueError(f"Unknown model parts {unknown}; valid parts: {', '.join(ALL_PARTS)}.")
     dtype = resolve_dtype(dtype)
     path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"Model path not found: {path}; expected a diffusers folder or a .safetensors file.")
     family = _family_name(family)
     home = "cpu" if offload == "model" else device
     sources: dict[str, str] = {}
@@ -513,7 +519,8 @@ def load_model_bundle(
         vae_src = Path(vae_path).expanduser() if vae_path is not None else path
         vae_variant = variant if variant is not None and VARIANTS[variant].family == family else None
         try:
-            got = _load_part(vae_src, "vae", family, None, vae_variant, dtype, home)
+            # The transformer's variant picks the VAE config (CogVideoX 2B/5B latent scaling) when it fits.
+            got = _load_part(vae_src, "vae", family, None, vae_variant, dtype, home, strict=False)
         except ValueError as err:
             if vae_path is None and path.is_file():
                 raise ValueError(f"{err} Pass vae_path= with the VAE's file or folder.") from None

@@ -224,11 +224,13 @@ def match_variant(family: str, part: str, structure: dict) -> list[str]:
     ]
 
 
-def config_from_structure(family: str, part: str, structure: dict, overrides: dict | None = None) -> dict:
-    """A full config for weights of no shipped variant: the family's default variant, the structure's values
-    put in, then ``overrides`` (settings no tensor reveals, e.g. Wan's head count)."""
+def config_from_structure(
+    family: str, part: str, structure: dict, overrides: dict | None = None, base_variant: str | None = None
+) -> dict:
+    """A full config for weights of no shipped variant: ``base_variant`` (default: the family's default variant),
+    the structure's values put in, then ``overrides`` (settings no tensor reveals, e.g. Wan's head count)."""
     overrides = dict(overrides or {})
-    cfg = shipped_config(DEFAULT_VARIANT[family], part)
+    cfg = shipped_config(base_variant or DEFAULT_VARIANT[family], part)
     s = dict(structure)
     if family == "wan" and part == "transformer":
         inner = s.pop("inner_dim")

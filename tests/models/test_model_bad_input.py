@@ -149,8 +149,8 @@ def test_image_to_video_model_refused(tmp_path):
 
 
 def test_wrong_variant_asserted(files):
-    with pytest.raises(ValueError, match="does not have the shapes of variant 'wan2.1-t2v-14b'"):
-        load_transformer(files["wan_original"], config=WAN_TINY_HEADS, variant="wan2.1-t2v-14b")
+    with pytest.raises(ValueError, match="variant 'cogvideox-5b' is a cogvideox model but .* is wan"):
+        load_transformer(files["wan_original"], config=WAN_TINY_HEADS, variant="cogvideox-5b")
     with pytest.raises(ValueError, match="Unknown model variant 'wan-99b'; valid variants: wan2.1-t2v-1.3b"):
         load_transformer(files["wan_original"], config=WAN_TINY_HEADS, variant="wan-99b")
 
@@ -199,3 +199,8 @@ def test_tiny_transformer_is_not_touched(wan_tiny):
     assert all(
         torch.equal(a, b) for a, b in zip(ref.state_dict().values(), wan_tiny.state_dict().values(), strict=True)
     )
+
+
+def test_missing_bundle_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Model path not found: .*nowhere"):
+        load_model_bundle(tmp_path / "nowhere")

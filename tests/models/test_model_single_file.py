@@ -120,3 +120,9 @@ def test_unprefixed_vae_beside_prefixed_transformer(tmp_path, files, wan_vae_tin
     path = save(sd, tmp_path / "mixed.safetensors")
     _same_weights(load_vae(path, dtype="fp32"), wan_vae_tiny)
     assert load_transformer(path, config=WAN_TINY_HEADS, dtype="fp32").config.num_layers == 2
+
+
+def test_vae_variant_picks_latent_scaling(files):
+    """CogVideoX-2B and -5B share VAE weights; the variant decides the scaling factor."""
+    vae = load_vae(files["cog_vae"], config=COG_TINY_VAE, variant="cogvideox-2b", dtype="fp32")
+    assert vae.config.scaling_factor == pytest.approx(1.15258426)

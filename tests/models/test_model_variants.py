@@ -93,3 +93,11 @@ def test_full_size_wan_vae_layout_agrees_with_diffusers_converter(tmp_path, full
 
 def test_available_variants_lists_all_four():
     assert set(available_variants()) == set(FACTS)
+
+
+def test_asserted_variant_must_fit_a_full_size_file(tmp_path, full_shapes):
+    from blade_ops.models import load_transformer
+
+    path = write_header_only(full_shapes["cogvideox-2b", "transformer"], tmp_path / "cogvideox_2b.safetensors")
+    with pytest.raises(ValueError, match="does not have the shapes of variant 'cogvideox-5b'.*matches cogvideox-2b"):
+        load_transformer(path, variant="cogvideox-5b")
