@@ -23,6 +23,7 @@ class FamilySpec:
 
     name: str
     vae_temporal_stride: int  # frames per latent frame after the first
+    frame_step: int  # valid frame counts are frame_step*k + 1 (see check_video_size)
     vae_spatial_stride: int  # pixels per latent pixel
     patch_t: int
     patch_hw: int
@@ -54,6 +55,7 @@ class FamilySpec:
 WAN = FamilySpec(
     name="wan",
     vae_temporal_stride=4,
+    frame_step=4,
     vae_spatial_stride=8,
     patch_t=1,
     patch_hw=2,
@@ -67,6 +69,9 @@ WAN = FamilySpec(
 COGVIDEOX = FamilySpec(
     name="cogvideox",
     vae_temporal_stride=4,
+    # CogVideoX 1.0's VAE decodes latent frames in pairs after the first: an even latent count T gives 4T frames
+    # instead of 4T - 3, so only odd T (8k+1 frames, e.g. 49) come back at the requested length.
+    frame_step=8,
     vae_spatial_stride=8,
     patch_t=1,
     patch_hw=2,
@@ -100,18 +105,20 @@ def _nearest(value: int, ok, step: int) -> list[int]:
 def check_video_size(family: FamilySpec, *, width: int, height: int, frames: int) -> None:
     """Raise ValueError naming every bad dimension and the nearest valid values.
 
-    Frames must be 4k+1 (the causal VAE keeps the first frame and compresses the rest by 4); width and height
-    must be multiples of 16 (VAE stride 8 x patch 2). Any such size works: nothing is tied to 480x832.
+    Frames must be 4k+1 for Wan (the causal VAE keeps the first frame and compresses the rest by 4) and 8k+1 for
+    CogVideoX (see ``frame_step``); width and height must be multiples of 16 (VAE stride 8 x patch 2). Any such
+    size works: nothing is tied to 480x832.
     """
     problems = []
     m = family.pixel_multiple
-    s = family.vae_temporal_stride
+    s = family.frame_step
     for label, value in (("width", width), ("height", height)):
         if not isinstance(value, int) or value < m or value % m:
             near = _nearest(int(value), m, m) if isinstance(value, (int, float)) and value > 0 else [m]
             problems.append(f"{label}={value} must be a positive multiple of {m} (nearest valid: {near})")
     if not isinstance(frames, int) or frames < 1 or (frames - 1) % s:
         near = _nearest(int(frames), 1, s) if isinstance(frames, (int, float)) and frames > 0 else [1]
-        problems.append(f"frames={frames} must be {s}k+1, e.g. 1, 5, 9, ..., 49, 81 (nearest valid: {near})")
+        examples = ", ".join(str(s * k + 1) for k in range(4))
+        problems.append(f"frames={frames} must be {s}k+1, e.g. {examples}, ..., 49 (nearest valid: {near})")
     if problems:
         raise ValueError(f"Invalid video size for {family.name}: " + "; ".join(problems) + ".")

@@ -20,19 +20,6 @@ from .request import GenerationRequest, GenerationResult
 logger = logging.getLogger(__name__)
 
 
-def _check_cogvideox_frames(bundle: ModelBundle, frames: int) -> None:
-    """CogVideoX 1.0's VAE decodes latent frames in pairs after an odd first group: an even latent count T gives
-    4T frames instead of 4T - 3, so only 8k+1 frames (odd T) come out at the requested length."""
-    if bundle.family.name != "cogvideox" or bundle.transformer is None:
-        return
-    cogvideox_1_0 = getattr(bundle.transformer.config, "patch_size_t", None) is None
-    if cogvideox_1_0 and bundle.family.latent_frames(frames) % 2 == 0:
-        raise ValueError(
-            f"frames={frames} gives an even number of CogVideoX latent frames, which its VAE decodes to "
-            f"{frames + 3} frames; use 8k+1 frames (nearest valid: {[frames - 4, frames + 4]}; e.g. 9, 17, ..., 49)."
-        )
-
-
 def generate(
     bundle: ModelBundle,
     request: GenerationRequest,
@@ -52,7 +39,6 @@ def generate(
     family = bundle.family
     size = request.size(family)
     check_video_size(family, **size)
-    _check_cogvideox_frames(bundle, size["frames"])
     bundle.require("transformer", "text_encoder", "tokenizer", *(() if output_latents_only else ("vae",)))
     device = resolve_device(device if device is not None else getattr(bundle, "device", None))
     offload = "model" if request.offload else getattr(bundle, "offload", "none")

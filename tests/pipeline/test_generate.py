@@ -77,7 +77,7 @@ def test_invalid_size_lists_valid_values(tiny_bundle):
 
 
 def test_cogvideox_even_latent_frames_are_refused(tiny_bundle):
-    message = r"frames=13 gives an even number.*use 8k\+1 frames \(nearest valid: \[9, 17\]"
+    message = r"frames=13 must be 8k\+1.*nearest valid: \[9, 17\]"
     with pytest.raises(ValueError, match=message):
         generate(tiny_bundle("cogvideox"), _request("cogvideox", frames=13), device="cpu")
 
