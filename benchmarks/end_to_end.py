@@ -12,6 +12,7 @@ weights. The BLADE LoRA is left out: merged, it costs nothing at run time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
@@ -108,6 +109,27 @@ def _stage(fn):
     return out, seconds, peak
 
 
+def dense_sdpa_context(choice: str):
+    """Pin the dense SDPA kernels every attention that ASA leaves dense uses (cross-attention, and every
+    attention of the baseline). "cudnn" puts cuDNN first (fastest on H100), then flash; "default" is torch's."""
+    if choice == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = {"cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+             "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]}[choice]
+    return sdpa_kernel(order, set_priority=True)
+
+
+def mean_density(bundle: ModelBundle) -> float | None:
+    """Mean kept-block fraction over the ASA layers in the last forward (None without ASA)."""
+    handle = get_asa_handle(bundle.transformer)
+    if handle is None:
+        return None
+    values = list(handle.layer_density().values())
+    return sum(values) / len(values) if values else None
+
+
 def run_preset(bundle: ModelBundle, preset: str, size: dict, steps: int | None, args) -> dict:
     family = bundle.family
     p = get_preset(preset)
@@ -125,7 +147,7 @@ def run_preset(bundle: ModelBundle, preset: str, size: dict, steps: int | None, 
             "steps": len(sampler.timesteps), "cfg": guidance.scale, "text_s": t_text, "denoise_s": t_denoise,
             "step_s": t_denoise / len(sampler.timesteps), "vae_s": t_vae, "total_s": t_text + t_denoise + t_vae,
             "peak_gib": max(m_text, m_denoise, m_vae), "peak_text_gib": m_text, "peak_denoise_gib": m_denoise,
-            "peak_vae_gib": m_vae,
+            "peak_vae_gib": m_vae, "asa_density": mean_density(bundle),
         }
 
     logger.info("warm-up %s", preset)
@@ -137,31 +159,34 @@ def run_preset(bundle: ModelBundle, preset: str, size: dict, steps: int | None, 
 def render_markdown(results: dict, command: str) -> str:
     env = results["env"]
     lines = [
-        "## End to end",
+        f"## End to end: {results['variant']}",
         "",
         f"{results['variant']}, {results['size']['frames']}x{results['size']['height']}x{results['size']['width']},"
         f" {env['dtype']}, {env['gpu']}, torch {env['torch']}, diffusers {env['diffusers']}; random weights; "
-        f"VAE tiling {'on' if results['vae_tiling'] else 'off'}; ASA backend {results.get('asa_backend', '-')}.",
+        f"VAE tiling {'on' if results['vae_tiling'] else 'off'}; dense SDPA {results['dense_sdpa']}; "
+        f"ASA backend {results.get('asa_backend', '-')}. Ratios are taken within this one run.",
         "",
         "| preset | steps | CFG | text enc (s) | denoise (s) | per step (s) | VAE decode (s) | total (s) | peak (GiB) "
-        "| speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| ASA density | denoise speed-up | end-to-end speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base = results["presets"].get("baseline", {}).get("total_s")
+    base = results["presets"].get("baseline")
     for name, r in results["presets"].items():
-        speed = f"{base / r['total_s']:.2f}x" if base else "-"
+        den = f"{base['denoise_s'] / r['denoise_s']:.2f}x" if base else "-"
+        speed = f"{base['total_s'] / r['total_s']:.2f}x" if base else "-"
+        density = "dense" if r.get("asa_density") is None else f"{r['asa_density']:.3f}"
         lines.append(
             f"| {name} | {r['steps']} | {r['cfg']:g} | {r['text_s']:.2f} | {r['denoise_s']:.2f} | {r['step_s']:.3f} "
-            f"| {r['vae_s']:.2f} | {r['total_s']:.2f} | {r['peak_gib']:.1f} | {speed} |"
+            f"| {r['vae_s']:.2f} | {r['total_s']:.2f} | {r['peak_gib']:.1f} | {density} | {den} | {speed} |"
         )
     lines += ["", f"Command: `{command}`", ""]
     return "\n".join(lines)
 
 
 def write_docs_section(md: str, path: Path) -> None:
-    """Replace (or append) the "## End to end" section of ``path``, leaving other sections alone."""
+    """Replace (or append) this variant's "## End to end" section of ``path``, leaving other sections alone."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find("## End to end")
+    start = text.find(md.splitlines()[0] + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + md
     else:
@@ -183,8 +208,11 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed warm-up run per preset")
     parser.add_argument("--asa-backend", default="auto")
     parser.add_argument("--vae-tiling", action="store_true")
+    parser.add_argument("--dense-sdpa", default="cudnn", choices=["cudnn", "flash", "default"],
+                        help="dense SDPA kernel order for the baseline and for the attention ASA leaves dense")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--markdown", help="also write the markdown table here")
     parser.add_argument("--write-docs", action="store_true", help="update 'End to end' in docs/BENCHMARKS.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -198,6 +226,7 @@ def main() -> None:
 
     results = {
         "variant": args.variant, "size": size, "vae_tiling": args.vae_tiling, "presets": {},
+        "dense_sdpa": args.dense_sdpa,
         "env": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "diffusers": diffusers.__version__,
                 "dtype": args.dtype},
     }
@@ -207,7 +236,8 @@ def main() -> None:
         if get_preset(preset).sparse:
             prepare_model(bundle, preset, backend=args.asa_backend)
             results["asa_backend"] = get_asa_handle(bundle.transformer).backend
-        results["presets"][preset] = run_preset(bundle, preset, size, steps.get(preset), args)
+        with dense_sdpa_context(args.dense_sdpa):
+            results["presets"][preset] = run_preset(bundle, preset, size, steps.get(preset), args)
         logger.info("%s: %s", preset, json.dumps(results["presets"][preset]))
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     md = render_markdown(results, command)
@@ -217,6 +247,9 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if args.write_docs:
         write_docs_section(md, ROOT / "docs" / "BENCHMARKS.md")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(md)
 
 
 if __name__ == "__main__":
