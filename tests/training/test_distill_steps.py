@@ -1,0 +1,40 @@
+"""Contract: a few TDM steps on a tiny model give finite losses and change only the LoRA weights; the frozen dense
+teacher (the base with adapters off) is untouched. Both families."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import make_distiller
+
+from training.distill import train
+from training.models import FAKE, STUDENT, TEACHER
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+def test_few_steps_change_only_lora(family, embeddings_folder, tmp_path):
+    d = make_distiller(family, embeddings_folder(family), tmp_path)
+    base_before = {n: p.detach().clone() for n, p in d.models.transformer.named_parameters() if "lora_" not in n}
+    lora_before = {a: d.lora_tensors(a) for a in (STUDENT, FAKE)}
+    x = torch.randn(d.latent_shape, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([700, 300])
+    text = d.embeddings.get([0, 1])
+    with torch.no_grad():
+        teacher_before = d.models(TEACHER, x, t, text)
+
+    logs = train(d, 3)
+
+    assert len(logs) == 3
+    assert all(math.isfinite(v) for log in logs for v in (log.loss_fake, log.loss_student))
+    for name, value in d.models.transformer.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(value, base_before[name]), f"base weight {name} changed"
+    for adapter in (STUDENT, FAKE):
+        after = d.lora_tensors(adapter)
+        changed = [n for n in after if not torch.equal(after[n], lora_before[adapter][n])]
+        assert changed, f"the {adapter} LoRA did not move"
+    with torch.no_grad():
+        assert torch.equal(d.models(TEACHER, x, t, text), teacher_before)
+        assert not torch.allclose(d.models(STUDENT, x, t, text), teacher_before)

@@ -1,0 +1,70 @@
+"""Contract: resuming from a checkpoint continues exactly like an uninterrupted run (same losses, same weights,
+fp32), and an exception in the middle of a checkpoint write leaves the previous checkpoint complete and usable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_distiller
+
+from training import checkpoint
+from training.checkpoint import list_checkpoints, resolve_resume
+from training.distill import train
+from training.models import FAKE, STUDENT
+
+
+def _weights(d):
+    return {a: d.lora_tensors(a) for a in (STUDENT, FAKE)}
+
+
+def test_resume_matches_uninterrupted_run(embeddings_folder, tmp_path):
+    emb = embeddings_folder("wan")
+    full = make_distiller("wan", emb, tmp_path / "full", checkpointing_steps=2, max_train_steps=4)
+    full_logs = train(full)
+
+    first = make_distiller("wan", emb, tmp_path / "split", checkpointing_steps=2, max_train_steps=4)
+    train(first, 2)
+    del first
+    resumed = make_distiller("wan", emb, tmp_path / "split", checkpointing_steps=2, max_train_steps=4)
+    torch.manual_seed(999)  # a different global RNG state must not matter: the checkpoint restores it
+    resumed.load_checkpoint(resolve_resume(tmp_path / "split", "latest"))
+    assert resumed.step == 2
+    rest = train(resumed)
+
+    assert [(log.loss_fake, log.loss_student) for log in rest] == [
+        (log.loss_fake, log.loss_student) for log in full_logs[2:]
+    ]
+    for adapter, tensors in _weights(full).items():
+        for name, value in tensors.items():
+            assert torch.equal(value, _weights(resumed)[adapter][name]), name
+
+
+def test_interrupted_write_keeps_previous_checkpoint(embeddings_folder, tmp_path, monkeypatch):
+    d = make_distiller("wan", embeddings_folder("wan"), tmp_path, checkpointing_steps=1, max_train_steps=3)
+    train(d, 1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-1"]
+    expected = d.lora_tensors(STUDENT)
+
+    calls = {"n": 0}
+    real_save = checkpoint.save_file
+
+    def failing_save(tensors, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second LoRA file of checkpoint-2: mid-write
+            raise OSError("disk full (simulated)")
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", failing_save)
+    with pytest.raises(OSError, match="simulated"):
+        train(d, 2)
+    monkeypatch.undo()
+
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-1"]
+    assert not any(p.name.startswith(".tmp") for p in (tmp_path / "checkpoints").iterdir())
+    fresh = make_distiller("wan", embeddings_folder("wan"), tmp_path, checkpointing_steps=1, max_train_steps=3)
+    fresh.load_checkpoint(resolve_resume(tmp_path, "latest"))
+    assert fresh.step == 1
+    for name, value in fresh.lora_tensors(STUDENT).items():
+        assert torch.equal(value, expected[name])
+    train(fresh)  # and training goes on from it
+    assert [p.name for p in list_checkpoints(tmp_path)][-1] == "checkpoint-3"
