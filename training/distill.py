@@ -271,9 +271,10 @@ class Distiller:
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
         rng = rng_state(self.generator)
+        state = self.state() if acc.is_main_process else None
         return write_checkpoint(
-            self.config.output_dir, self.step, self.state() if acc.is_main_process else None, rng, rank=acc.process_index,
-            barrier=acc.wait_for_everyone, keep=self.config.checkpoints_total_limit,
+            self.config.output_dir, self.step, state, rng, rank=acc.process_index, barrier=acc.wait_for_everyone,
+            keep=self.config.checkpoints_total_limit,
         )
 
     def load_checkpoint(self, path: str | Path) -> None:
