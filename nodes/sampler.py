@@ -99,7 +99,7 @@ class BladeSampler:
                 "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16,
                                    "tooltip": "Video height in pixels, a multiple of 16 (480 for both)."}),
                 "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4,
-                                   "tooltip": "Number of frames, 4k+1 (Wan 81, CogVideoX 49)."}),
+                                   "tooltip": "Number of frames: Wan 4k+1 (81), CogVideoX 8k+1 (49)."}),
                 "dynamic_guidance": ("BOOLEAN", {"default": False,
                                                  "tooltip": "Ramp CFG over the steps as CogVideoX-5B's baseline "
                                                  "does; only matters with guidance above 1."}),

@@ -50,7 +50,8 @@ def _post(url: str, payload: dict) -> dict:
     req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
+            body = r.read()
+            return json.loads(body) if body.strip() else {}
     except urllib.error.HTTPError as err:
         raise AssertionError(f"POST {url} -> {err.code}: {err.read().decode(errors='replace')}") from None
 
@@ -145,3 +146,34 @@ def test_workflow_runs_in_comfyui(server, name):
     assert frames.shape[:3] == (size["frames"], size["height"], size["width"])
     comment = json.loads(read_mp4_comment(path))
     assert comment["prompt"] == api and comment["workflow"]["nodes"]
+
+
+def test_cancel_stops_the_sampler_and_the_next_run_works(server):
+    """POST /interrupt (the UI's Cancel) during a long run ends it within a step; the model then runs again."""
+    url, _, log_path = server
+    api = tiny_api_workflow(json.loads((WORKFLOWS / "wan_baseline_50step.api.json").read_text()), "wan")
+    sampler = next(n for n in api.values() if n["class_type"] == "BladeSampler")
+    sampler["inputs"]["steps"] = 1000
+    queued = _post(f"{url}/prompt", {"prompt": api, "client_id": uuid.uuid4().hex})
+    deadline = time.monotonic() + 60
+    while not _get(f"{url}/queue")["queue_running"]:
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.2)
+    time.sleep(2.0)  # inside the sampling loop (model loads take well under this on the tiny model)
+    start = time.monotonic()
+    _post(f"{url}/interrupt", {})
+    deadline = start + 60
+    while True:
+        history = _get(f"{url}/history/{queued['prompt_id']}")
+        status = history.get(queued["prompt_id"], {}).get("status", {})
+        if status.get("completed") is not None:
+            break
+        assert time.monotonic() < deadline, f"not stopped after 60 s:\n{log_path.read_text()[-3000:]}"
+        time.sleep(0.2)
+    assert status["status_str"] != "success"
+    assert any(m[0] == "execution_interrupted" for m in status.get("messages", [])), status
+    assert time.monotonic() - start < 10
+    sampler["inputs"]["steps"] = 2
+    again = _post(f"{url}/prompt", {"prompt": api, "client_id": uuid.uuid4().hex})
+    entry = _wait_for(url, again["prompt_id"], log_path)
+    assert any(out.get("images") for out in entry["outputs"].values())
