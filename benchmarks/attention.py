@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from blade_ops.attention._permute import permute_tokens  # noqa: E402
 from blade_ops.attention.asa import ASAStats, asa_attention, pool_kv  # noqa: E402
 from blade_ops.attention.backends import get_backend  # noqa: E402
 from blade_ops.attention.backends.flex import _mods, build_flex_block_mask  # noqa: E402
@@ -237,8 +238,10 @@ def bench_shape(name: str, args, results: dict) -> None:
 
     # pieces (forward): reorder, estimate, rule, block-mask build, kernel, global prep
     perm, inverse = token_order(grid, nt, q.device)
-    r["t_reorder_ms"] = _bench(lambda: (q.index_select(2, perm), k.index_select(2, perm), v.index_select(2, perm)))
-    r["t_inverse_ms"] = _bench(lambda: out.index_select(2, inverse))
+    r["t_reorder_ms"] = _bench(
+        lambda: (permute_tokens(q, perm, inverse), permute_tokens(k, perm, inverse), permute_tokens(v, perm, inverse))
+    )
+    r["t_inverse_ms"] = _bench(lambda: permute_tokens(out, inverse, perm))
     qc, kc, vc = q.index_select(2, perm), k.index_select(2, perm), v.index_select(2, perm)
     offsets = sample_offsets(b, h, cfg.num_keep, 128, q.device)
     r["t_estimate_ms"] = _bench(lambda: estimate_block_importance(qc, kc, offsets, 128))
@@ -280,6 +283,51 @@ def bench_shape(name: str, args, results: dict) -> None:
     keep = sel.dense[:, :, rows // 128, :].repeat_interleave(128, dim=-1)[..., :length]
     r["attention_mass_kept"] = float((p * keep).sum(-1).mean())
     del s, p, keep
+    # the sparse kernel alone (block mask prebuilt), with a few tile options
+    if args.variants:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        from blade_ops.attention.asa import _fold_global
+
+        captured = {}
+
+        def grab(q_, k_, v_, m_, bs_, sc_, *, kv_bias=None):
+            captured.update(k=k_, v=v_, mask=m_, bias=kv_bias)
+            return q_, None
+
+        _fold_global(grab, qc, kc, vc, kp, pool_kv(vc, num_video, cfg.sample_gap), sel, 128, 1 / math.sqrt(d),
+                     math.log(cfg.sample_gap))
+        lk = captured["k"].shape[2]
+        mm2, sm2, masked2 = _mods(lk, captured["bias"])
+        bm = build_flex_block_mask(captured["mask"], 128, length, lk, mm2, masked2, False)
+        variants = {
+            "default": None,
+            "M128_N128_w8_s2": {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+            "M128_N64_w8_s3": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+            "M128_N128_w4_s2": {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2},
+            "M64_N128_w4_s3": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
+            "default_TMA": {"USE_TMA": True},
+            "nobias_default": "nobias",
+        }
+        vres = r.setdefault("kernel_variants_ms", {})
+        for vname, opts in variants.items():
+            try:
+                fn = torch.compile(flex_attention, dynamic=False, fullgraph=True)
+                smod = None if opts == "nobias" else sm2
+                kopt = None if opts == "nobias" else opts
+
+                def call(fn=fn, smod=smod, kopt=kopt):
+                    return fn(qc, captured["k"], captured["v"], score_mod=smod, block_mask=bm,
+                              scale=1 / math.sqrt(d), kernel_options=kopt)
+
+                call()
+                vres[vname] = _bench(call)
+            except Exception as err:  # an option this PyTorch does not take
+                vres[vname] = repr(err)[:160]
+            logger.info("kernel variant %s: %s", vname, vres[vname])
+            _save(results, args)
+        r["t_cat_fold_ms"] = _bench(lambda: _fold_global(grab, qc, kc, vc, kp, kp, sel, 128, 1.0, 1.0))
+
     # estimate at num_keep 16 (the paper's value) for comparison
     off16 = sample_offsets(b, h, 16, 128, q.device)
     r["t_estimate_S16_ms"] = _bench(lambda: estimate_block_importance(qc, kc, off16, 128))
@@ -371,6 +419,7 @@ def main() -> None:
     parser.add_argument("--sharpness", type=float, default=2.0, help="query scale of the synthetic inputs")
     parser.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "attention.json"))
     parser.add_argument("--skip-checks", action="store_true")
+    parser.add_argument("--variants", action="store_true", help="also time the sparse kernel alone with tile options")
     parser.add_argument("--write-docs", action="store_true", help="update the Attention section of docs/BENCHMARKS.md")
     parser.add_argument("--render", default=None, help="only render a results JSON into docs/BENCHMARKS.md")
     args = parser.parse_args()

@@ -8,8 +8,9 @@ are followed by ``num_text_tokens`` text tokens, and returns the attention outpu
 3. keep blocks per query-block row by the energy rule (text rows and columns always kept);
 4. run the block-sparse kernel of the chosen backend;
 5. global branch: K/V mean-pooled every ``sample_gap`` video tokens in curve order, attended by every query with
-   a score bias ln(n) (n = tokens a pooled token stands for), merged with the sparse part through the
-   log-sum-exps; either folded into the same kernel call ("fold") or as a second call + LSE merge ("merge");
+   a score bias ln(sample_gap) (each pooled token stands for sample_gap keys; the shorter last group gets the
+   same bias, as in the reference), merged with the sparse part through the log-sum-exps; either folded into
+   the same kernel call ("fold") or as a second call + LSE merge ("merge");
 6. inverse-permute the output.
 
 When the configuration keeps every block of every row (``min_ratio == 1``) nothing lies outside the selection,
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._permute import permute_tokens
 from .backends import KVBias, get_backend, resolve_backend
 from .config import ASAConfig
 from .curve import token_order
@@ -93,11 +95,9 @@ def pool_kv(x: torch.Tensor, num_video: int, gap: int) -> torch.Tensor:
     return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
-def global_bias(num_video: int, gap: int) -> tuple[float, float, int]:
-    """(ln gap, ln size of the last group, number of pooled tokens) for the global branch."""
-    num_pooled = -(-num_video // gap)
-    last = num_video - (num_pooled - 1) * gap
-    return math.log(gap), math.log(last), num_pooled
+def global_bias(num_video: int, gap: int) -> tuple[float, int]:
+    """(score bias ln(gap), number of pooled tokens) of the global branch (REFERENCE: n = sample_gap)."""
+    return math.log(gap), -(-num_video // gap)
 
 
 def merge_by_lse(
@@ -112,9 +112,9 @@ def merge_by_lse(
 
 
 def _pooled_attention(
-    q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, bias: torch.Tensor, scale: float, chunk: int = 8192
+    q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, bias: float, scale: float, chunk: int = 8192
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense attention of q [B, H, L, D] over pooled kp/vp [B, H, Np, D] with key bias [Np]; float32 math."""
+    """Dense attention of q [B, H, L, D] over pooled kp/vp [B, H, Np, D] with a score bias; float32 math."""
     outs, lses = [], []
     kf, vf = kp.float(), vp.float()
     for start in range(0, q.shape[2], chunk):
@@ -206,7 +206,7 @@ def asa_attention(
     order = token_order(tuple(grid), num_text_tokens, q.device, config.reorder, text_first)
     if order is not None:
         perm, inverse = order
-        q, k, v = q.index_select(2, perm), k.index_select(2, perm), v.index_select(2, perm)
+        q, k, v = permute_tokens(q, perm, inverse), permute_tokens(k, perm, inverse), permute_tokens(v, perm, inverse)
 
     selection = asa_plan(q, k, num_text_tokens=num_text_tokens, config=config, backend=name)
     use_global = config.use_global and num_video > 0 and config.min_ratio < 1.0
@@ -226,18 +226,16 @@ def asa_attention(
     else:
         gap = config.sample_gap
         kp, vp = pool_kv(k, num_video, gap), pool_kv(v, num_video, gap)
-        ln_gap, ln_last, num_pooled = global_bias(num_video, gap)
+        ln_gap, _ = global_bias(num_video, gap)
         if mode == "fold":
-            out = _fold_global(kernel.fn, q, k, v, kp, vp, selection, bs, scale, ln_gap, ln_last)
+            out = _fold_global(kernel.fn, q, k, v, kp, vp, selection, bs, scale, ln_gap)
         else:
             out1, lse1 = kernel.fn(q, k, v, selection.dense, bs, scale)
-            bias = torch.full((num_pooled,), ln_gap, device=q.device)
-            bias[-1] = ln_last
-            out2, lse2 = _pooled_attention(q, kp, vp, bias, scale)
+            out2, lse2 = _pooled_attention(q, kp, vp, ln_gap, scale)
             out, _ = merge_by_lse(out1, lse1, out2, lse2)
 
     if order is not None:
-        out = out.index_select(2, inverse)
+        out = permute_tokens(out, inverse, perm)
     if stats is not None:
         stats.record(selection.density())
     if plan_out is not None:
@@ -247,8 +245,8 @@ def asa_attention(
     return out
 
 
-def _fold_global(fn, q, k, v, kp, vp, selection, bs, scale, ln_gap, ln_last) -> torch.Tensor:
-    """Pooled tokens appended as extra key blocks after a block-aligned gap, biased by ln(n), in one kernel call.
+def _fold_global(fn, q, k, v, kp, vp, selection, bs, scale, ln_gap) -> torch.Tensor:
+    """Pooled tokens appended as extra key blocks after a block-aligned gap, biased by ln(gap), in one kernel call.
 
     Key layout: [L tokens | masked gap up to nkb*bs | Np pooled tokens]; every row keeps every pooled block.
     """
@@ -267,8 +265,6 @@ def _fold_global(fn, q, k, v, kp, vp, selection, bs, scale, ln_gap, ln_last) -> 
     segments: list[tuple[int, int, float]] = []
     if gap:
         segments.append((length, start, float("-inf")))
-    if num_pooled > 1:
-        segments.append((start, start + num_pooled - 1, ln_gap))
-    segments.append((start + num_pooled - 1, start + num_pooled, ln_last))
+    segments.append((start, start + num_pooled, ln_gap))
     out, _ = fn(q, k2, v2, mask, bs, scale, kv_bias=KVBias(tuple(segments)))
     return out

@@ -33,6 +33,8 @@ except ImportError:  # torch < 2.9: the return_lse flag
     AuxRequest = None
 
 _COMPILED: dict[tuple, Callable] = {}
+# Tile options per head dim for the compiled CUDA kernel (None: PyTorch's defaults); see benchmarks/attention.py.
+KERNEL_OPTIONS: dict[int, dict | None] = {}
 
 
 def _ordered(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,14 +143,20 @@ def flex_block_sparse_attention(
         # block selection itself must be part of mask_mod there
         mask_mod = _with_block_lookup(mask_mod, block_mask, block_size)
     bm = build_flex_block_mask(block_mask, block_size, len_q, len_k, mask_mod, masked, with_backward=needs_grad)
-    key = (tuple(q.shape), tuple(k.shape), q.dtype, len_k, kv_bias, block_size, q.device)
+    options = KERNEL_OPTIONS.get(q.shape[-1]) if q.device.type == "cuda" else None
+    key = (tuple(q.shape), tuple(k.shape), q.dtype, len_k, kv_bias, block_size, q.device, str(options))
     fn = _kernel(q.device, key)
     with warnings.catch_warnings():
         # eager (CPU) FlexAttention warns that it is unfused on every call: that is this path's known cost
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
         if AuxRequest is not None:
-            out, aux = fn(q, k, v, score_mod=score_mod, block_mask=bm, scale=scale, return_aux=AuxRequest(lse=True))
+            out, aux = fn(
+                q, k, v, score_mod=score_mod, block_mask=bm, scale=scale, kernel_options=options,
+                return_aux=AuxRequest(lse=True),
+            )
             lse = aux.lse
         else:
-            out, lse = fn(q, k, v, score_mod=score_mod, block_mask=bm, scale=scale, return_lse=True)
+            out, lse = fn(
+                q, k, v, score_mod=score_mod, block_mask=bm, scale=scale, kernel_options=options, return_lse=True
+            )
     return out, lse.float()
