@@ -125,8 +125,7 @@ class BladeSampler:
         latent: dict | None = None,
     ) -> tuple[dict]:
         from ..blade_ops.models import on_device
-        from ..blade_ops.pipeline import Guidance, denoise, latent_grid, prepare_latents
-        from ..blade_ops.sampling import make_sampler
+        from ..blade_ops.pipeline import Guidance, latent_grid, sample_latents
 
         family = model.family
         model.bundle.require("transformer")
@@ -141,28 +140,24 @@ class BladeSampler:
                 f"guidance={guidance} needs a negative prompt: connect one to BLADE Conditioning To Embeds, or set "
                 "guidance to 1.0."
             )
-        sampler = make_sampler(scheduler, family, model.bundle.scheduler_config, steps=steps)
-        generator = torch.Generator("cpu").manual_seed(int(seed))
-        transformer = model.bundle.transformer
-        channels = int(getattr(transformer.config, "in_channels", family.latent_channels))
-        noise = prepare_latents(family, batch, grid, generator, channels=channels,
-                                init_noise_sigma=sampler.init_noise_sigma)
-        progress = bridge.Progress(len(sampler.timesteps), "BLADE Sampler")
+        progress: list[bridge.Progress] = []
 
         def on_step(info) -> None:
-            progress.update_absolute(info.step)
+            if not progress:
+                progress.append(bridge.Progress(info.total, "BLADE Sampler"))
+            progress[0].update_absolute(info.step)
             bridge.check_interrupted()
 
-        log.info("BLADE: %s, %dx%dx%d, %s, guidance %g", model.describe(), frames, height, width,
-                 sampler.describe(), guidance)
+        log.info("BLADE: %s, %dx%dx%d, %s scheduler, %d steps, guidance %g", model.describe(), frames, height, width,
+                 scheduler, steps, guidance)
         bridge.check_interrupted()
         bridge.free_comfy_memory()
         what = f"sampling {frames}x{height}x{width} (batch {batch})"
-        device = bridge.torch_device()
-        with bridge.oom_advice(what, OOM_ADVICE), on_device(transformer, device, offload="model"):
-            with patched(model):
-                latents = denoise(model.bundle, embeds, noise, sampler, guide, on_step, generator)
-        latents = latents.cpu()
+        transformer = model.bundle.transformer
+        with bridge.oom_advice(what, OOM_ADVICE), on_device(transformer, bridge.torch_device(), offload="model"):
+            with patched(model):  # ASA picks its kernel for the device the transformer is on, so patch after moving
+                latents = sample_latents(model.bundle, embeds, grid=grid, sampler=scheduler, steps=steps,
+                                         guidance=guide, seed=int(seed), callback=on_step)
         out = {
             "samples": vae_scale_latents(model, latents),
             "blade": {"family": model.family.name, "latents": latents},

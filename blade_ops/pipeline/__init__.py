@@ -6,6 +6,7 @@ from .latents import cogvideox_rotary, latent_grid, latent_shape, prepare_latent
 from .presets import PRESETS, Preset, get_preset, prepare_model, preset_request
 from .request import DEFAULT_SIZES, GenerationCancelled, GenerationRequest, GenerationResult, StepInfo
 from .run import generate
+from .sample import sample_latents
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -27,5 +28,6 @@ __all__ = [
     "prepare_latents",
     "prepare_model",
     "preset_request",
+    "sample_latents",
     "unscale_latents",
 ]

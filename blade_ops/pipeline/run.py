@@ -13,9 +13,9 @@ from ..models.placement import on_device, resolve_device
 from ..sampling import make_sampler
 from ..text import encode_prompts
 from .decode import decode
-from .denoise import Guidance, StepCallback, denoise
-from .latents import latent_grid, prepare_latents
+from .denoise import Guidance, StepCallback
 from .request import GenerationRequest, GenerationResult
+from .sample import sample_latents
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ def generate(
     negative = request.negative_prompt
     if negative is None:
         negative = family.default_negative_prompt
-    generator = torch.Generator("cpu").manual_seed(request.seed)
     timings: dict[str, float] = {}
     logger.info("Sampling %s at %s with %s, CFG %s", family.name, size, sampler.describe(), guidance)
 
@@ -60,14 +59,11 @@ def generate(
         )
     timings["text_encoding"] = time.perf_counter() - start
 
-    grid = latent_grid(family, **size)
-    channels = int(getattr(bundle.transformer.config, "in_channels", family.latent_channels))
-    latents = prepare_latents(
-        family, len(request.prompts), grid, generator, channels=channels, init_noise_sigma=sampler.init_noise_sigma
-    )
     start = time.perf_counter()
-    with on_device(bundle.transformer, device, offload=offload):
-        latents = denoise(bundle, embeds, latents, sampler, guidance, callback, generator)
+    latents = sample_latents(
+        bundle, embeds, size=size, sampler=sampler, guidance=guidance, seed=request.seed, callback=callback,
+        device=device, offload=offload,
+    )
     timings["denoising"] = time.perf_counter() - start
 
     frames = None
@@ -78,7 +74,7 @@ def generate(
         timings["vae_decode"] = time.perf_counter() - start
     return GenerationResult(
         frames=frames,
-        latents=latents.cpu(),
+        latents=latents,
         fps=request.fps or family.fps,
         seed=request.seed,
         timesteps=[float(t) for t in sampler.timesteps],

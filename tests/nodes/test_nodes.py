@@ -243,3 +243,12 @@ def test_out_of_memory_becomes_advice(pack):
     with pytest.raises(RuntimeError, match="Lower the size"):
         with bridge.oom_advice("sampling", "Lower the size."):
             raise torch.OutOfMemoryError("CUDA out of memory")
+
+
+def test_sampler_node_runs_the_pipeline_function(pack, nodes, wan, wan_embeds):
+    from blade_pack.blade_ops.pipeline import latent_grid, sample_latents
+
+    out = _sample(nodes, wan, wan_embeds, seed=3, steps=2, scheduler="tdm")
+    grid = latent_grid(wan.family, **SIZE)
+    assert torch.equal(out["blade"]["latents"], sample_latents(wan.bundle, wan_embeds, grid=grid, sampler="tdm",
+                                                               steps=2, seed=3))
