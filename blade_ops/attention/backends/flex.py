@@ -103,6 +103,17 @@ def build_flex_block_mask(
     return bm
 
 
+def compile_limit_context():
+    """Raise dynamo's per-function recompile limit while calling compiled FlexAttention.
+
+    Every compiled wrapper of ``flex_attention`` shares one code object, so each (shape, layout, dtype) is a cache
+    entry of that function; the default limit of 8 is reached by a few resolutions with and without gradients.
+    """
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    return cfg.patch(**{name: max(64, getattr(cfg, name))})
+
+
 def _kernel(device: torch.device, key: tuple) -> Callable:
     if device.type != "cuda" or torch.compiler.is_compiling():
         return flex_attention  # eager on CPU; inside an outer torch.compile the graph compiles it anyway
@@ -146,7 +157,7 @@ def flex_block_sparse_attention(
     options = KERNEL_OPTIONS.get(q.shape[-1]) if q.device.type == "cuda" else None
     key = (tuple(q.shape), tuple(k.shape), q.dtype, len_k, kv_bias, block_size, q.device, str(options))
     fn = _kernel(q.device, key)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), compile_limit_context():
         # eager (CPU) FlexAttention warns that it is unfused on every call: that is this path's known cost
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
         if AuxRequest is not None:
