@@ -6,7 +6,8 @@ reference implementation drops it). The count is then clamped to [ceil(min_ratio
 (ceil for both bounds: never fewer blocks than the ratio asks; always at least one).
 
 Text tokens (CogVideoX) sit at the end of the sequence and are never sparsified: every block that holds a text
-token is kept in every row (column) and keeps every key block (row). Their mass counts towards ``tau``.
+token is kept in every row (column) and keeps every key block (row). Their mass counts towards ``tau`` first;
+the clamp applies to the video blocks the rule adds on top of them.
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def select_blocks(
     mass = torch.gather(p, -1, order).cumsum(dim=-1)
     # blocks before which the mass is still below tau: the crossing block is counted
     count = (mass < tau).sum(dim=-1) + 1
-    count = count.clamp(min=min_blocks, max=max_blocks).clamp(min=max(num_forced, 1), max=nkb)
+    # the forced (text) columns come first in the order; the clamp bounds the video blocks added after them
+    count = (count - num_forced).clamp(min=min_blocks, max=max_blocks) + num_forced
+    count = count.clamp(max=nkb)
     if num_forced and text_from < nqb:
         text_row = torch.arange(nqb, device=p.device) >= text_from
         count = torch.where(text_row, torch.full_like(count, nkb), count)

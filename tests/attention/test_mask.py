@@ -51,9 +51,17 @@ def test_text_rows_and_columns_kept():
     sel = select_blocks(p, tau=0.5, min_blocks=1, max_blocks=2, first_text_block=first)
     assert sel.dense[..., 4:].all()  # text columns in every row
     assert sel.dense[..., 4:, :].all()  # text rows see everything
-    assert (sel.dense[..., :4, :].sum(-1) <= 4).all()  # video rows: <= max 2 (+ the 2 forced) blocks
-    assert (sel.dense[..., :4, :].sum(-1) >= 2).all()
+    # video rows: the 2 text blocks plus 1 (min) to 2 (max) video blocks chosen by the rule
+    assert ((sel.dense[..., :4, :4].sum(-1) >= 1) & (sel.dense[..., :4, :4].sum(-1) <= 2)).all()
     assert text_block_range(90, 0, 16) == 6
+
+
+def test_text_mass_counts_first_and_clamp_bounds_video_blocks():
+    # 4 blocks, block 3 holds text and carries most of the mass
+    p = _rows([0.1, 0.05, 0.05, 0.8], [0.3, 0.3, 0.3, 0.1])
+    sel = select_blocks(p, tau=0.85, min_blocks=1, max_blocks=2, first_text_block=3)
+    assert sel.dense[0, 0, 0].tolist() == [True, False, False, True]  # 0.8 + 0.1 crosses: 1 video block
+    assert sel.dense[0, 0, 1].tolist() == [True, True, False, True]  # needs 3 video blocks, capped at 2
 
 
 def test_never_empty_and_consistent():
