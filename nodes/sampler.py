@@ -8,7 +8,6 @@ latents in the model's layout ride along under ``blade`` for BLADE VAE Decode.
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 import torch
 
@@ -54,13 +53,11 @@ def _batched(embeds, batch: int):
 
 def vae_scale_latents(model: BladeModel, latents: torch.Tensor) -> torch.Tensor:
     """Model-space latents -> the VAE's own scale [B, C, T, H, W], from the shipped VAE config of the variant."""
-    from ..blade_ops.models.bundle import ModelBundle
-    from ..blade_ops.models.variants import DEFAULT_VARIANT, VARIANTS, shipped_config
-    from ..blade_ops.pipeline import unscale_latents
+    from ..blade_ops.models.variants import VARIANTS
+    from ..blade_ops.pipeline import to_vae_scale
 
-    variant = model.bundle.variant if model.bundle.variant in VARIANTS else DEFAULT_VARIANT[model.family.name]
-    vae_config = SimpleNamespace(config=SimpleNamespace(**shipped_config(variant, "vae")))
-    return unscale_latents(ModelBundle(model.family, vae=vae_config), latents)
+    variant = model.bundle.variant if model.bundle.variant in VARIANTS else model.family.name
+    return to_vae_scale(latents, variant)
 
 
 class BladeSampler:
@@ -158,10 +155,10 @@ class BladeSampler:
             with patched(model):  # ASA picks its kernel for the device the transformer is on, so patch after moving
                 latents = sample_latents(model.bundle, embeds, grid=grid, sampler=scheduler, steps=steps,
                                          guidance=guide, seed=int(seed), callback=on_step)
-        out = {
-            "samples": vae_scale_latents(model, latents),
-            "blade": {"family": model.family.name, "latents": latents},
-        }
+        samples = vae_scale_latents(model, latents)
+        # "samples" is the key every ComfyUI node reads; "blade" keeps the exact model-space latents for BLADE VAE
+        # Decode, with the samples they were scaled to, so a node that later changes "samples" is noticed.
+        out = {"samples": samples, "blade": {"family": model.family.name, "latents": latents, "samples": samples}}
         return (out,)
 
 

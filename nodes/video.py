@@ -12,11 +12,50 @@ from .types import BLADE_VAE, CATEGORY
 log = logging.getLogger(__name__)
 
 
+def model_latents(latent: dict, vae) -> torch.Tensor:
+    """The latents of a LATENT in the model's scale and layout, for ``vae`` (a bundle holding the VAE).
+
+    BLADE Sampler's exact latents when its ``samples`` are unchanged; otherwise ``samples`` [B, C, T, H, W] in the
+    VAE's scale (any ComfyUI video LATENT, e.g. from KSampler with a Wan model) converted with the VAE's config.
+    """
+    from ..blade_ops.pipeline import from_vae_scale
+
+    vae.require("vae")
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor):
+        raise ValueError("The latent input is not a ComfyUI LATENT (a dict with a 'samples' tensor).")
+    blade = latent.get("blade")
+    if isinstance(blade, dict) and "latents" in blade:
+        if blade["family"] != vae.family.name:
+            raise ValueError(
+                f"The latents come from a {blade['family']} model but the VAE is {vae.family.name}'s; load the "
+                f"{blade['family']} VAE in BLADE VAE Loader."
+            )
+        kept = blade.get("samples")
+        if kept is samples or (isinstance(kept, torch.Tensor) and kept.shape == samples.shape
+                               and torch.equal(kept, samples)):
+            return blade["latents"]
+        log.info("BLADE: the LATENT was changed after BLADE Sampler; decoding its samples.")
+    channels = _vae_latent_channels(vae)
+    if samples.ndim != 5 or samples.shape[1] != channels:
+        raise ValueError(
+            f"The latent has shape {tuple(samples.shape)}; the {vae.family.name} VAE decodes video latents "
+            f"[batch, {channels}, frames, height, width]. Decode other latents with ComfyUI's own VAE Decode."
+        )
+    return from_vae_scale(samples.float(), vae.vae.config, vae.family.name)
+
+
+def _vae_latent_channels(vae) -> int:
+    cfg = vae.vae.config
+    return int(cfg.get("z_dim") or cfg.get("latent_channels") or vae.family.latent_channels)
+
+
 class BladeVAEDecode:
-    """Decode BLADE Sampler latents to frames."""
+    """Decode BLADE Sampler latents, or a native ComfyUI video LATENT, to frames."""
 
     DESCRIPTION = (
-        "Decodes the latents of BLADE Sampler into IMAGE frames [frames, height, width, 3] in 0..1, which Preview "
+        "Decodes the latents of BLADE Sampler, or any video LATENT of the VAE's family in ComfyUI's usual scale (e.g. "
+        "KSampler with a native Wan model), into IMAGE frames [frames, height, width, 3] in 0..1, which Preview "
         "Image, Create Video / Save Video, Save Animated WEBP or Video Combine take. Tiled decoding needs much less "
         "GPU memory at high resolution."
     )
@@ -31,7 +70,8 @@ class BladeVAEDecode:
         return {
             "required": {
                 "vae": (BLADE_VAE, {"tooltip": "From BLADE VAE Loader, of the same family as the model."}),
-                "latent": ("LATENT", {"tooltip": "From BLADE Sampler."}),
+                "latent": ("LATENT", {"tooltip": "From BLADE Sampler, or any video LATENT of this model family "
+                                      "(e.g. KSampler with a native Wan model)."}),
                 "tiled": ("BOOLEAN", {"default": False,
                                       "tooltip": "Decode in overlapping tiles: slower, far less memory."}),
             }
@@ -41,22 +81,13 @@ class BladeVAEDecode:
         from ..blade_ops.models import on_device
         from ..blade_ops.pipeline import decode
 
-        blade = latent.get("blade") if isinstance(latent, dict) else None
-        if not isinstance(blade, dict) or "latents" not in blade:
-            raise ValueError(
-                "This LATENT did not come from BLADE Sampler; decode it with ComfyUI's own VAE Decode instead."
-            )
-        if blade["family"] != vae.family.name:
-            raise ValueError(
-                f"The latents come from a {blade['family']} model but the VAE is {vae.family.name}'s; load the "
-                f"{blade['family']} VAE in BLADE VAE Loader."
-            )
+        latents = model_latents(latent, vae)
         bridge.check_interrupted()
         bridge.free_comfy_memory()
         advice = "Turn on 'tiled' in BLADE VAE Decode, or load the VAE with dtype bf16/fp16."
         device = bridge.torch_device()
         with bridge.oom_advice("decoding the video", advice), on_device(vae.vae, device, offload="model"):
-            frames = decode(vae, blade["latents"], tiled=bool(tiled))  # [B, F, H, W, C]
+            frames = decode(vae, latents, tiled=bool(tiled))  # [B, F, H, W, C]
         return (frames.reshape(-1, *frames.shape[2:]).float().cpu(),)
 
 

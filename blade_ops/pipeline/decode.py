@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 
 from ..models.bundle import ModelBundle
+from .scaling import to_vae_scale
 
 
 @contextmanager
@@ -28,17 +29,13 @@ def _vae_memory_options(vae: torch.nn.Module, tiled: bool, sliced: bool):
 
 
 def unscale_latents(bundle: ModelBundle, latents: torch.Tensor) -> torch.Tensor:
-    """Undo the latent normalisation the transformer works in; returns [B, C, T, H, W] for the VAE.
+    """Undo the latent normalisation the transformer works in; returns [B, C, T, H, W] for the bundle's VAE.
 
     Wan: x * std + mean per channel (from the VAE config). CogVideoX: [B, T, C, H, W] -> [B, C, T, H, W] / scale.
+    See :func:`~blade_ops.pipeline.scaling.to_vae_scale`.
     """
-    cfg = bundle.vae.config
-    if bundle.family.name == "wan":
-        shape = (1, cfg.z_dim, 1, 1, 1)
-        mean = torch.tensor(cfg.latents_mean, dtype=latents.dtype, device=latents.device).view(shape)
-        std = torch.tensor(cfg.latents_std, dtype=latents.dtype, device=latents.device).view(shape)
-        return latents * std + mean
-    return latents.permute(0, 2, 1, 3, 4) / cfg.scaling_factor
+    bundle.require("vae")
+    return to_vae_scale(latents, bundle.vae.config, bundle.family.name)
 
 
 @torch.no_grad()

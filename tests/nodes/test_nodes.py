@@ -190,8 +190,29 @@ def test_decode_refuses_foreign_latents(nodes, models_dir, wan, wan_embeds):
     latent = _sample(nodes, wan, wan_embeds)
     with pytest.raises(ValueError, match="cogvideox VAE|wan VAE"):
         nodes["BladeVAEDecode"]().decode(vae, latent, False)
-    with pytest.raises(ValueError, match="VAE Decode"):
-        nodes["BladeVAEDecode"]().decode(vae, {"samples": latent["samples"]}, False)
+    with pytest.raises(ValueError, match=r"\[batch, 16, frames, height, width\].*ComfyUI's own VAE Decode"):
+        nodes["BladeVAEDecode"]().decode(vae, {"samples": torch.zeros(1, 4, 8, 8)}, False)
+    with pytest.raises(ValueError, match="not a ComfyUI LATENT"):
+        nodes["BladeVAEDecode"]().decode(vae, {"blade": latent["blade"]}, False)
+
+
+def test_decode_takes_native_comfyui_latents(pack, nodes, models_dir, wan, wan_embeds):
+    """A LATENT in ComfyUI's Wan21 scale (KSampler's output) decodes like BLADE Sampler's own latents; a LATENT
+    changed after BLADE Sampler decodes its new samples, not the stale exact latents."""
+    from blade_pack.nodes.video import model_latents
+
+    (vae,) = nodes["BladeVAELoader"]().load(str(models_dir / "diffusers" / TINY_NAMES["wan"]), "auto", "fp32")
+    latent = _sample(nodes, wan, wan_embeds)
+    assert torch.equal(model_latents(latent, vae), latent["blade"]["latents"])  # exact when untouched
+    native = {"samples": latent["samples"].clone()}
+    torch.testing.assert_close(model_latents(native, vae), latent["blade"]["latents"], rtol=0, atol=1e-6)
+    (ours,) = nodes["BladeVAEDecode"]().decode(vae, latent, False)
+    (theirs,) = nodes["BladeVAEDecode"]().decode(vae, native, False)
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
+    changed = dict(latent, samples=latent["samples"] * 0.5)  # what a latent-editing node does: copy, replace
+    assert not torch.allclose(model_latents(changed, vae), latent["blade"]["latents"])
+    (halved,) = nodes["BladeVAEDecode"]().decode(vae, changed, False)
+    assert not torch.allclose(halved, ours)
 
 
 def test_decode_and_save(nodes, models_dir, wan, wan_embeds, comfy_env):
