@@ -340,14 +340,20 @@ class _nullcontext:
         return False
 
 
-def train(distiller: Distiller, max_steps: int | None = None, *, tracker: bool = False) -> list[StepLog]:
-    """Run from ``distiller.step`` to ``max_steps`` (default: the config's), with checkpoints and validation."""
+def train(
+    distiller: Distiller, max_steps: int | None = None, *, tracker: bool = False, time_budget: float = float("inf")
+) -> list[StepLog]:
+    """Run from ``distiller.step`` to ``max_steps`` (default: the config's), with checkpoints and validation.
+
+    Stops early (after a checkpoint) once ``time_budget`` seconds have passed.
+    """
     cfg, acc = distiller.config, distiller.accelerator
     max_steps = cfg.max_train_steps if max_steps is None else max_steps
     from tqdm.auto import tqdm
 
     bar = tqdm(total=max_steps, initial=distiller.step, desc="distill", disable=not acc.is_local_main_process)
     logs: list[StepLog] = []
+    start = time.perf_counter()
     while distiller.step < max_steps:
         log = distiller.train_step()
         logs.append(log)
@@ -360,12 +366,16 @@ def train(distiller: Distiller, max_steps: int | None = None, *, tracker: bool =
             if log.density is not None:
                 values["asa/density"] = log.density
             acc.log(values, step=log.step)
-        if log.step % cfg.checkpointing_steps == 0 or log.step == max_steps:
+        out_of_time = time.perf_counter() - start > time_budget
+        if log.step % cfg.checkpointing_steps == 0 or log.step == max_steps or out_of_time:
             distiller.save_checkpoint()
             every = cfg.validation_steps
             if acc.is_main_process and (every < 0 or (every > 0 and log.step % every == 0)):
                 with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
                     distiller.validate()
+        if out_of_time:
+            logger.info("Time budget of %.0f s reached at step %d", time_budget, log.step)
+            break
     bar.close()
     return logs
 

@@ -68,7 +68,7 @@ def validation_videos(distiller: Distiller, sampler_name: str = "blade") -> list
                                metadata={"prompt": distiller.embeddings.prompts[index], "step": distiller.step})
             paths.append(path)
         logger.info("Wrote %d validation videos to %s", len(paths), out_dir)
-    except (RuntimeError, OSError) as exc:  # a failed video must not end a long run
+    except (RuntimeError, OSError, ImportError) as exc:  # a failed video must not end a long run
         logger.warning("Validation videos at step %d failed: %s", distiller.step, exc)
     finally:
         bundle.vae.to(vae_device)

@@ -1,0 +1,46 @@
+"""Contract: the toy domain renders prompt-faithful clips that the pixel VAE stand-in round-trips exactly through
+blade_ops' decode path, and the whole toy experiment (teacher, metric, distillation, evaluation) runs end to end
+at smoke-test size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from blade_ops.families import WAN
+from blade_ops.models.bundle import ModelBundle
+from blade_ops.pipeline.decode import decode
+from training.toy.domain import ToyGeometry, all_prompts, labels_of, random_batch
+from training.toy.vae import PixelVAE
+
+
+def test_prompts_and_labels():
+    prompts = all_prompts()
+    assert len(prompts) == 108 and prompts[0] == "a red circle moving left"
+    colour, shape, direction = labels_of(torch.tensor([0, 107]))
+    assert (colour.tolist(), shape.tolist(), direction.tolist()) == ([0, 8], [0, 2], [0, 3])
+
+
+def test_pixel_vae_round_trip_through_pipeline_decode():
+    geometry = ToyGeometry(frames=3, size=8, radius=(1.5, 2.5), speed=(1.0, 1.5))
+    _, cells = random_batch(2, geometry, torch.Generator().manual_seed(0))
+    vae = PixelVAE(latents_mean=[0.1] * 16, latents_std=[0.5] * 16)
+    latents = vae.normalise(vae.encode_cells(cells))
+    frames = decode(ModelBundle(family=WAN, vae=vae), latents)  # [B, F, H, W, C] in [0, 1]
+    assert frames.shape == (2, 9, 64, 64, 3)
+    video = frames.permute(0, 4, 1, 2, 3) * 2 - 1
+    assert torch.allclose(vae.encode_pixels(video), vae.encode_cells(cells), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_toy_experiment_smoke(tmp_path):
+    from training.toy.run_all import main
+
+    main(["--output", str(tmp_path), "--small", "--teacher-steps", "10", "--teacher-batch", "4",
+          "--classifier-steps", "3", "--distill-steps", "2", "--distill-batch", "2", "--repeats", "1",
+          "--cfg-scales", "3", "--device", "cpu"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [s["label"].split(" ")[0] for s in results["scores"]] == ["teacher"] * 3 + ["BLADE"] * 2
+    assert results["scores"][2]["density"] < 1.0 and (tmp_path / "toy_blade_lora.safetensors").is_file()

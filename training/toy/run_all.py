@@ -1,0 +1,170 @@
+"""The whole toy experiment in one command: teacher, metric, data-free BLADE distillation, evaluation.
+
+    python -m training.toy.run_all --output outputs/toy [--small] [--teacher-steps N] [--distill-steps N]
+
+1. Train the toy teacher by flow matching (training/toy/train_teacher.py) and save it.
+2. Train the metric's classifier on rendered clips.
+3. Pick the teacher's CFG scale: the best 50-step score over a few scales.
+4. Pre-encode the 108 prompts (prompts only: no clip is used from here on) and distil a BLADE LoRA with
+   training.distill (student + ASA, fake score, dense CFG teacher).
+5. Score: teacher 50 steps + CFG; teacher 8 steps + CFG; teacher 8 steps + CFG + training-free ASA; BLADE student
+   8 steps + ASA without CFG (the "blade" sampler the nodes use, and the "tdm" sampler it trained with); plus the
+   share of the dense attention mass that ASA's blocks keep on the trained teacher.
+Writes results.json and results.md under --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from blade_ops.attention import ASAConfig
+from blade_ops.text import encode_text
+
+from ..config import build_config
+from ..distill import Distiller, train
+from ..encode_prompts import encode_to_folder
+from ..prompts import PromptEmbeddings
+from .domain import all_prompts
+from .evaluate import Setting, attention_mass_kept, evaluate
+from .metric import train_classifier
+from .model import ToySpec, load_toy_bundle, save_toy_folder
+from .train_teacher import train_teacher
+
+logger = logging.getLogger("training.toy.run_all")
+
+
+def toy_asa(spec: ToySpec) -> dict:
+    """ASA for the toy grid: 64-token blocks (1280 tokens = 20 blocks); the Wan preset otherwise."""
+    if spec.size >= 32:
+        return {"block_size": 64, "num_keep": 16}
+    return {"block_size": 16, "num_keep": 4}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True)
+    p.add_argument("--small", action="store_true", help="CPU smoke-test size")
+    p.add_argument("--teacher", help="reuse a saved toy teacher folder instead of training one")
+    p.add_argument("--teacher-steps", type=int, default=6000)
+    p.add_argument("--teacher-batch", type=int, default=64)
+    p.add_argument("--teacher-budget", type=float, default=150.0, help="seconds")
+    p.add_argument("--classifier-steps", type=int, default=600)
+    p.add_argument("--cfg-scales", default="2,3.5,5")
+    p.add_argument("--distill-steps", type=int, default=400)
+    p.add_argument("--distill-batch", type=int, default=16)
+    p.add_argument("--distill-budget", type=float, default=200.0, help="seconds")
+    p.add_argument("--lora-rank", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr-fake", type=float, default=5e-4)
+    p.add_argument("--repeats", type=int, default=4, help="samples per prompt in the evaluation")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": vars(args)}
+    clock = time.perf_counter()
+
+    # 1. teacher
+    teacher_dir = Path(args.teacher) if args.teacher else out / "teacher"
+    if not args.teacher:
+        spec = ToySpec.small() if args.small else ToySpec()
+        bundle, info = train_teacher(spec, steps=args.teacher_steps, batch_size=args.teacher_batch, device=args.device,
+                                     time_budget=args.teacher_budget)
+        save_toy_folder(bundle, spec, teacher_dir)
+        results["teacher_training"] = {"steps": info["steps"], "seconds": info["seconds"],
+                                       "last_loss": info["history"][-1][1]}
+    bundle, spec = load_toy_bundle(teacher_dir, device=device)
+    geometry = spec.geometry
+    prompts = all_prompts()
+    text = encode_text(bundle, prompts).to(device)
+    empty = encode_text(bundle, [""]).to(device)
+    asa_config = ASAConfig.for_family("wan", **toy_asa(spec))
+
+    # 2. metric
+    classifier, real_acc = train_classifier(geometry, steps=args.classifier_steps, device=args.device)
+    results["classifier_real_prompt_match"] = real_acc
+
+    # 3. teacher CFG scale
+    scales = [float(s) for s in args.cfg_scales.split(",")]
+    cfg_scores, _ = evaluate(bundle, text, empty, [Setting(f"teacher-50 cfg {s}", "baseline", 50, s) for s in scales],
+                             classifier, geometry, asa_config, repeats=max(1, args.repeats // 2))
+    best = max(cfg_scores, key=lambda s: (round(s.prompt_match, 2), -s.fd))
+    cfg = best.setting["guidance"]
+    results["cfg_search"] = [asdict(s) for s in cfg_scores]
+    logger.info("teacher CFG scale: %s", cfg)
+
+    # 4. data-free distillation from the prompts alone
+    emb_dir = encode_to_folder(bundle, prompts, out / "prompt_embeddings", dtype=torch.float32, model_name="toy-wan")
+    config = build_config(dict(
+        model=str(teacher_dir), family="wan", prompt_embeddings=str(emb_dir), output_dir=str(out / "distill"),
+        **spec.video, lora_rank=args.lora_rank, lora_alpha=float(args.lora_rank), asa=True,
+        attention_backend="torch", asa_overrides=toy_asa(spec), guidance_scale=cfg, negative_prompt_key="empty",
+        max_train_steps=args.distill_steps, train_batch_size=args.distill_batch, gradient_accumulation_steps=1,
+        learning_rate=args.lr, learning_rate_fake=args.lr_fake, lr_warmup_steps=5,
+        mixed_precision="bf16" if device.type == "cuda" else "no", gradient_checkpointing=False,
+        checkpointing_steps=max(1, args.distill_steps // 4), validation_steps=0, resume="",
+    ))
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=config.mixed_precision)
+    student_bundle, _ = load_toy_bundle(teacher_dir)
+    distiller = Distiller(config, student_bundle, PromptEmbeddings.open(emb_dir), accelerator)
+    start = time.perf_counter()
+    logs = train(distiller, time_budget=args.distill_budget)
+    distill_seconds = time.perf_counter() - start
+    lora_path = distiller.export_lora(out / "toy_blade_lora.safetensors")
+    results["distillation"] = {
+        "steps": distiller.step, "seconds": distill_seconds, "seconds_per_step": distill_seconds / max(1, len(logs)),
+        "loss_fake": [round(log.loss_fake, 5) for log in logs[:: max(1, len(logs) // 20)]],
+        "loss_student": [round(log.loss_student, 5) for log in logs[:: max(1, len(logs) // 20)]],
+        "train_density_last": logs[-1].density if logs else None, "cfg": cfg, "lora_rank": args.lora_rank,
+    }
+    del distiller, student_bundle
+
+    # 5. evaluation
+    settings = [
+        Setting("teacher 50-step + CFG", "baseline", 50, cfg),
+        Setting("teacher 8-step + CFG", "blade", 8, cfg),
+        Setting("teacher 8-step + CFG + ASA (training-free)", "blade", 8, cfg, asa=True),
+        Setting("BLADE student 8-step + ASA (blade sampler)", "blade", 8, 1.0, asa=True, lora=str(lora_path)),
+        Setting("BLADE student 8-step + ASA (tdm sampler)", "tdm", 8, 1.0, asa=True, lora=str(lora_path)),
+    ]
+    scores, examples = evaluate(bundle, text, empty, settings, classifier, geometry, asa_config, repeats=args.repeats)
+    results["scores"] = [asdict(s) for s in scores]
+    torch.save({k: v.half() for k, v in examples.items()}, out / "examples.pt")
+    try:
+        results["attention_mass_kept"] = attention_mass_kept(bundle, text, asa_config, geometry)
+    except (RuntimeError, ValueError) as exc:
+        logger.warning("attention-mass analysis failed: %s", exc)
+    results["total_seconds"] = time.perf_counter() - clock
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "results.md").write_text(markdown(results))
+    logger.info("\n%s", markdown(results))
+    return 0
+
+
+def markdown(results: dict) -> str:
+    lines = ["| setting | prompt match | FD | ASA density | sparsity | sampling s |", "|---|---|---|---|---|---|"]
+    for s in results.get("scores", []):
+        dens = f"{s['density']:.3f}" if s["density"] is not None else "-"
+        spar = f"{s['sparsity']:.3f}" if s["sparsity"] is not None else "-"
+        row = [s["label"], f"{s['prompt_match']:.3f}", f"{s['fd']:.3f}", dens, spar, f"{s['seconds']:.1f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
