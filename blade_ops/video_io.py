@@ -80,6 +80,84 @@ def _metadata_text(metadata: dict[str, Any] | str | None) -> str | None:
     return json.dumps(metadata, separators=(",", ":"), sort_keys=True)
 
 
+_FFMETADATA_SPECIAL = "\\=;#\n"
+
+
+def _ffmetadata_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in _FFMETADATA_SPECIAL else ch for ch in text)
+
+
+def _ffmetadata_file(entries: dict[str, str]) -> str:
+    """ffmpeg's metadata file format: one escaped ``key=value`` per line after the ``;FFMETADATA1`` header. A file
+    rather than ``-metadata key=value`` arguments, which Linux caps at 128 KiB each (large workflows exceed it)."""
+    lines = [";FFMETADATA1"] + [f"{_ffmetadata_escape(k)}={_ffmetadata_escape(v)}" for k, v in entries.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _parse_ffmetadata(text: str) -> dict[str, str]:
+    """Global ``key=value`` entries of an ffmetadata text (escapes undone, stops at the first [SECTION])."""
+    entries: dict[str, str] = {}
+    lines = iter(text.split("\n"))
+    next(lines, None)  # ;FFMETADATA1
+    for line in lines:
+        if line.startswith("["):
+            break
+        if not line or line[0] in ";#":
+            continue
+        key, value, escaped = [], [], False
+        target = key
+        while True:
+            for ch in line:
+                if escaped:
+                    target.append(ch)
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == "=" and target is key:
+                    target = value
+                else:
+                    target.append(ch)
+            if not escaped:  # a backslash at the end of a line escapes the newline
+                break
+            target.append("\n")
+            escaped = False
+            line = next(lines, "")
+        if target is value:
+            entries["".join(key)] = "".join(value)
+    return entries
+
+
+def _comfy_tags(tags: dict[str, Any] | None) -> dict[str, str]:
+    """ComfyUI's SaveVideo convention: every value is stored as ``json.dumps(value)`` under its own key."""
+    out: dict[str, str] = {}
+    for key, value in (tags or {}).items():
+        if not isinstance(key, str) or not key or any(ch in key for ch in "=\n"):
+            raise ValueError(f"Metadata tag name {key!r} must be a non-empty string without '=' or newlines.")
+        out[key] = json.dumps(value)
+    return out
+
+
+def _add_metadata(video: Path, out: Path, entries: dict[str, str]) -> None:
+    """Copy the streams of ``video`` into ``out`` with ``entries`` as container tags, as custom mp4 keys
+    (``-movflags use_metadata_tags``: what ComfyUI's SaveVideo writes, and where its frontend finds workflows)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    meta = out.with_name(out.name + ".ffmetadata")
+    meta.write_text(_ffmetadata_file(entries), encoding="utf-8")
+    try:
+        result = subprocess.run(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(video), "-f", "ffmetadata", "-i",
+             str(meta), "-map", "0", "-map_metadata", "1", "-c", "copy", "-movflags", "use_metadata_tags", str(out)],
+            capture_output=True, text=True, encoding="utf-8", errors="replace",
+        )
+    finally:
+        meta.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"ffmpeg could not write the metadata of {out.name}: {result.stderr.strip()[-2000:]}")
+
+
 def write_mp4(
     frames: torch.Tensor | np.ndarray,
     path: str | Path,
@@ -89,9 +167,12 @@ def write_mp4(
     preset: str = "medium",
     overwrite: bool = False,
     metadata: dict[str, Any] | str | None = None,
+    tags: dict[str, Any] | None = None,
 ) -> Path:
     """Encode frames as H.264 (yuv420p, plays everywhere). ``crf`` 0..51: lower is better quality (18 ~ visually
-    lossless). ``metadata`` (dict -> JSON) goes into the container's ``comment`` tag. Returns the path written."""
+    lossless). ``metadata`` (dict -> JSON) goes into the container's ``comment`` tag. ``tags`` become one container
+    tag each, the value stored as JSON, as ComfyUI's SaveVideo does: ``tags={"prompt": api_prompt, "workflow":
+    ui_workflow}`` lets ComfyUI load the workflow back from the file. Returns the path written."""
     import imageio_ffmpeg
 
     path = Path(path)
@@ -108,26 +189,32 @@ def write_mp4(
         video = np.pad(video, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         h, w = video.shape[1:3]
     _check_target(path, overwrite)
-    params = ["-crf", str(int(crf)), "-preset", preset]
+    entries = _comfy_tags(tags)
     text = _metadata_text(metadata)
     if text is not None:
-        params += ["-metadata", f"comment={text}"]
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+        entries = {"comment": text, **entries}
+    params = ["-crf", str(int(crf)), "-preset", preset]
+    temps = []
+    for _ in range(2 if entries else 1):
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
+        os.close(fd)
+        temps.append(Path(tmp_name))
     try:
         writer = imageio_ffmpeg.write_frames(
-            str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
+            str(temps[0]), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
             output_params=params, ffmpeg_log_level="error",
         )
         writer.send(None)
         for frame in video:
             writer.send(frame)
         writer.close()
-        os.chmod(tmp, _umask_mode(0o666))
-        _publish(tmp, path, overwrite)
+        if entries:
+            _add_metadata(temps[0], temps[1], entries)
+        os.chmod(temps[-1], _umask_mode(0o666))
+        _publish(temps[-1], path, overwrite)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -196,24 +283,20 @@ def read_mp4(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     return np.stack(frames), meta
 
 
-def read_mp4_comment(path: str | Path) -> str | None:
-    """The container's ``comment`` tag (what ``write_mp4(metadata=...)`` stored), or None."""
+def read_mp4_tags(path: str | Path) -> dict[str, str]:
+    """The container's global tags as ffmpeg reports them (``comment``, ComfyUI's ``prompt``/``workflow`` JSON,
+    ``encoder``, ...); for tests and checks."""
     import subprocess
 
     import imageio_ffmpeg
 
     out = subprocess.run(
         [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, encoding="utf-8", errors="replace", check=True,
     ).stdout
-    for line in out.splitlines():
-        if line.startswith("comment="):
-            value, escaped = [], False
-            for ch in line[len("comment="):]:
-                if escaped or ch != "\\":
-                    value.append(ch)
-                    escaped = False
-                else:
-                    escaped = True
-            return "".join(value)
-    return None
+    return _parse_ffmetadata(out)
+
+
+def read_mp4_comment(path: str | Path) -> str | None:
+    """The container's ``comment`` tag (what ``write_mp4(metadata=...)`` stored), or None."""
+    return read_mp4_tags(path).get("comment")

@@ -96,7 +96,8 @@ class BladeSaveVideo:
 
     DESCRIPTION = (
         "Writes the frames as an H.264 mp4 into ComfyUI's output folder, with the workflow and prompt embedded in "
-        "the file's metadata, and shows the video on the node."
+        "the file's metadata as core's Save Video does (drag the mp4 onto ComfyUI to load its workflow), and shows "
+        "the video on the node."
     )
     CATEGORY = CATEGORY
     FUNCTION = "save"
@@ -134,12 +135,12 @@ class BladeSaveVideo:
             raise ValueError("images must be an IMAGE batch [frames, height, width, channels].")
         height, width = int(images.shape[1]), int(images.shape[2])
         path, filename, subfolder = bridge.save_path(filename_prefix, width, height, "mp4")
-        metadata = None
-        if not bridge.metadata_disabled():
-            metadata = dict(extra_pnginfo or {})
+        tags = None
+        if not bridge.metadata_disabled():  # as core's SaveVideo: one JSON tag per key, so the UI can load it back
+            tags = dict(extra_pnginfo or {})  # "workflow" (the UI graph) and any other extra info
             if prompt is not None:
-                metadata["prompt"] = prompt
-        write_mp4(images[..., :3], path, fps=float(fps), crf=int(crf), metadata=metadata or None)
+                tags["prompt"] = prompt
+        write_mp4(images[..., :3], path, fps=float(fps), crf=int(crf), tags=tags or None)
         log.info("BLADE: saved %d frames to %s", images.shape[0], path)
         result = {"filename": filename, "subfolder": subfolder, "type": "output"}
         return {"ui": {"images": [result], "animated": (True,)}}

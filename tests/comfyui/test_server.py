@@ -128,7 +128,7 @@ def _wait_for(url: str, prompt_id: str, log_path: Path) -> dict:
 @pytest.mark.parametrize("name", API_FILES)
 def test_workflow_runs_in_comfyui(server, name):
     from blade_ops.models.tiny import tiny_video_size
-    from blade_ops.video_io import read_mp4, read_mp4_comment
+    from blade_ops.video_io import read_mp4, read_mp4_tags
 
     url, base, log_path = server
     family = "wan" if name.startswith("wan") else "cogvideox"
@@ -144,8 +144,8 @@ def test_workflow_runs_in_comfyui(server, name):
     frames, _ = read_mp4(path)
     size = tiny_video_size(family)
     assert frames.shape[:3] == (size["frames"], size["height"], size["width"])
-    comment = json.loads(read_mp4_comment(path))
-    assert comment["prompt"] == api and comment["workflow"]["nodes"]
+    tags = read_mp4_tags(path)  # what core's Save Video writes and the UI reads back
+    assert json.loads(tags["prompt"]) == api and json.loads(tags["workflow"]) == ui
 
 
 def test_cancel_stops_the_sampler_and_the_next_run_works(server):

@@ -10,7 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from blade_ops.video_io import read_mp4, read_mp4_comment, to_uint8, write_mp4, write_png_frames, write_video
+from blade_ops.video_io import (
+    read_mp4,
+    read_mp4_comment,
+    read_mp4_tags,
+    to_uint8,
+    write_mp4,
+    write_png_frames,
+    write_video,
+)
 
 
 def _frames(n=9, h=48, w=64, dtype=torch.float32):
@@ -80,3 +88,36 @@ def test_odd_sizes_and_grey_and_dispatch(tmp_path):
     assert write_video(torch.rand(2, 16, 16, 3), tmp_path / "dir", fps=8).is_dir()
     with pytest.raises(ValueError, match="must end in .mp4"):
         write_mp4(torch.rand(2, 16, 16, 3), tmp_path / "x.avi")
+
+
+def _workflow(extra_nodes: int = 0) -> dict:
+    """A UI-format workflow with the characters ffmpeg's metadata format escapes, unicode and newlines."""
+    text = "a cat; =#\\ sitting\nnext line, 猫が座っている"
+    nodes = [{"id": 1, "type": "BladeTextEncode", "widgets_values": [text, ""]}]
+    nodes += [{"id": i + 2, "type": "Note", "widgets_values": ["x" * 100]} for i in range(extra_nodes)]
+    return {"last_node_id": len(nodes), "nodes": nodes, "links": [], "version": 0.4}
+
+
+@pytest.mark.parametrize("extra_nodes", [0, 2000])  # 2000 notes: ~250 KB, over Linux's 128 KiB per argument
+def test_comfyui_prompt_and_workflow_tags(tmp_path, extra_nodes):
+    """Like core's SaveVideo: each key its own tag holding JSON, as custom mp4 keys (movflags use_metadata_tags),
+    which is where ComfyUI's frontend looks for the workflow of a dropped video."""
+    workflow = _workflow(extra_nodes)
+    prompt = {"3": {"class_type": "BladeSampler", "inputs": {"seed": 1, "model": ["1", 0]}}}
+    path = write_mp4(_frames(n=3), tmp_path / "a.mp4", tags={"prompt": prompt, "workflow": workflow})
+    tags = read_mp4_tags(path)
+    assert json.loads(tags["workflow"]) == workflow and json.loads(tags["prompt"]) == prompt
+    assert tags["workflow"] == json.dumps(workflow)  # the exact text SaveVideo stores
+    data = path.read_bytes()
+    assert b"mdtaworkflow" in data and b"mdtaprompt" in data  # the keys box of custom tags
+    assert read_mp4(path)[0].shape[0] == 3 and read_mp4_comment(path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]  # no temporary file left
+
+
+def test_comment_and_tags_together_and_bad_tag_names(tmp_path):
+    path = write_mp4(_frames(n=2), tmp_path / "a.mp4", metadata={"seed": 3}, tags={"workflow": {"nodes": []}})
+    assert json.loads(read_mp4_comment(path)) == {"seed": 3}
+    assert json.loads(read_mp4_tags(path)["workflow"]) == {"nodes": []}
+    with pytest.raises(ValueError, match="tag name 'a=b'"):
+        write_mp4(_frames(n=2), tmp_path / "b.mp4", tags={"a=b": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]

@@ -155,7 +155,7 @@ def test_api_workflow_runs_on_tiny_models(pack, comfy_env, name):
     from blade_tiny_files import tiny_api_workflow
 
     from blade_ops.models.tiny import tiny_video_size
-    from blade_ops.video_io import read_mp4, read_mp4_comment
+    from blade_ops.video_io import read_mp4, read_mp4_tags
 
     family = "wan" if name.startswith("wan") else "cogvideox"
     api = tiny_api_workflow(json.loads((WORKFLOWS / name).read_text()), family)
@@ -167,5 +167,5 @@ def test_api_workflow_runs_on_tiny_models(pack, comfy_env, name):
     frames, _ = read_mp4(path)
     size = tiny_video_size(family)
     assert frames.shape[:3] == (size["frames"], size["height"], size["width"])
-    comment = json.loads(read_mp4_comment(path))
-    assert comment["workflow"]["nodes"] and comment["prompt"] == api
+    tags = read_mp4_tags(path)  # ComfyUI's Save Video layout: one JSON tag per key, read by the UI on drop
+    assert json.loads(tags["workflow"]) == ui and json.loads(tags["prompt"]) == api
