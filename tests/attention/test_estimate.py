@@ -22,7 +22,7 @@ def _naive(q, k, offsets, bs):
         for hi in range(h):
             offs = offsets[bi, hi].tolist()
 
-            def rows(x, blk, offs=offs):
+            def rows(x, blk, offs=offs, bi=bi, hi=hi):
                 return [x[bi, hi, min(blk * bs + o, length - 1)].double() for o in offs]
 
             qs = [rows(q, i) for i in range(nb)]
