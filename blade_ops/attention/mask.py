@@ -50,17 +50,30 @@ def select_blocks(
     min_blocks: int,
     max_blocks: int,
     first_text_block: int | None = None,
+    impl: str = "auto",
 ) -> BlockSelection:
     """Apply the energy rule to P [B, H, nqb, nkb] (rows summing to 1) and return the kept blocks.
 
     ``first_text_block``: blocks with index >= this hold text tokens (square layout, same split for rows and
-    columns); None or nkb for no text.
+    columns); None or nkb for no text. ``impl``: "torch", "triton" (one fused CUDA kernel) or "auto".
     """
     if importance.dim() != 4:
         raise ValueError(f"importance must be [B, H, nqb, nkb]; got shape {tuple(importance.shape)}.")
     b, h, nqb, nkb = importance.shape
     if not 1 <= min_blocks <= max_blocks <= nkb:
         raise ValueError(f"need 1 <= min_blocks={min_blocks} <= max_blocks={max_blocks} <= nkb={nkb}.")
+    if impl not in ("auto", "torch", "triton"):
+        raise ValueError(f"impl={impl!r} must be 'auto', 'torch' or 'triton'.")
+    if impl != "torch" and importance.is_cuda and nkb <= 4096:
+        from . import _mask_triton
+
+        if _mask_triton.AVAILABLE:
+            dense, indices, counts = _mask_triton.select_blocks_triton(
+                importance, tau, min_blocks, max_blocks, first_text_block
+            )
+            return BlockSelection(dense=dense, indices=indices, counts=counts)
+    if impl == "triton":
+        raise RuntimeError("The fused rule needs CUDA tensors and Triton (pip install triton); use impl='torch'.")
     p = importance.float()
     text_from = nkb if first_text_block is None else max(0, min(int(first_text_block), nkb))
     num_forced = nkb - text_from

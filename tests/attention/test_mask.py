@@ -4,6 +4,7 @@ mass reaches tau, the crossing block included, clamped to [min_blocks, max_block
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from blade_ops.attention.mask import select_blocks, text_block_range
@@ -71,3 +72,15 @@ def test_never_empty_and_consistent():
     assert (sel.dense.sum(-1) >= 1).all()
     assert torch.equal(sel.dense.sum(-1).int(), sel.counts)
     assert sel.dense.dtype == torch.bool and sel.indices.dtype == torch.int32
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("nkb, text_from", [(256, None), (139, 137), (20, 19)])
+def test_triton_rule_matches_torch(nkb, text_from):
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(2, 3, nkb, nkb, device="cuda") * 3, dim=-1)
+    ref = select_blocks(p, 0.95, 3, max(3, nkb // 6), first_text_block=text_from, impl="torch")
+    out = select_blocks(p, 0.95, 3, max(3, nkb // 6), first_text_block=text_from, impl="triton")
+    assert (out.counts == ref.counts).float().mean() > 0.999
+    assert (out.dense == ref.dense).float().mean() > 0.999
+    assert torch.equal(out.dense.sum(-1).int(), out.counts)
