@@ -39,6 +39,23 @@ def _load(path, parts: tuple[str, ...], family: str, dtype: str):
     )
 
 
+def _load_text_encoder_file(path, family: str, dtype: str):
+    """A bundle with the encoder and tokenizer of one ComfyUI text encoder file; the file's kind sets the family."""
+    from ..blade_ops.families import get_family
+    from ..blade_ops.models import ModelBundle
+    from ..blade_ops.models.text_encoder_file import load_text_encoder_file
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {DTYPE_CHOICES}.")
+    encoder, tokenizer, found = load_text_encoder_file(path, dtype=DTYPES[dtype], device="cpu")
+    if family != "auto" and family != found:
+        kinds = {"wan": "UMT5 (e.g. umt5_xxl_fp16.safetensors)", "cogvideox": "T5 v1.1 XXL (e.g. t5xxl_fp16)"}
+        raise ValueError(f"{path.name} is a {kinds[found]} encoder, which is {found}'s; {family} needs "
+                         f"{kinds[family]}. Pick another file or set family to auto.")
+    return ModelBundle(get_family(found), text_encoder=encoder, tokenizer=tokenizer, dtype=DTYPES[dtype],
+                       sources={"text_encoder": str(path), "tokenizer": str(path)})
+
+
 class BladeModelLoader:
     """Load a Wan2.1 or CogVideoX transformer."""
 
@@ -112,9 +129,9 @@ class BladeTextEncoderLoader:
 
     DESCRIPTION = (
         "Loads the model's text encoder (UMT5-XXL for Wan2.1, T5-XXL for CogVideoX) with its tokenizer from a "
-        "diffusers folder in models/diffusers or a text encoder folder in models/text_encoders. To reuse "
-        "ComfyUI's own Wan text encoder instead, use CLIPLoader (type wan) + CLIPTextEncode + BLADE "
-        "Conditioning To Embeds."
+        "single file in models/text_encoders (e.g. umt5_xxl_fp16.safetensors, which carries its tokenizer; a T5-XXL "
+        "file needs its tokenizer folder beside it), a text encoder folder there, or a diffusers folder in "
+        "models/diffusers. Or use CLIPLoader (type wan) + CLIPTextEncode + BLADE Conditioning To Embeds."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -127,10 +144,10 @@ class BladeTextEncoderLoader:
         return {
             "required": {
                 "text_encoder_name": (
-                    bridge.model_choices("text_encoders", diffusers=True, files=False),
-                    {"tooltip": "A diffusers folder in models/diffusers (its text_encoder/ and tokenizer/ are "
-                     "used), or a text encoder folder (config.json, safetensors, tokenizer files) in "
-                     "models/text_encoders."},
+                    bridge.model_choices("text_encoders", diffusers=True),
+                    {"tooltip": "A single .safetensors file in models/text_encoders (ComfyUI's umt5_xxl / t5xxl "
+                     "files), a text encoder folder there (config.json, safetensors, tokenizer files), or a "
+                     "diffusers folder in models/diffusers (its text_encoder/ and tokenizer/ are used)."},
                 ),
                 "family": (FAMILY_CHOICES, {"default": "auto", "tooltip": FAMILY_TOOLTIP}),
                 "dtype": (DTYPE_CHOICES, {"default": "bf16", "tooltip": DTYPE_TOOLTIP}),
@@ -139,7 +156,10 @@ class BladeTextEncoderLoader:
 
     def load(self, text_encoder_name: str, family: str = "auto", dtype: str = "bf16") -> tuple:
         path = bridge.resolve_model_path(text_encoder_name, "text_encoders", diffusers=True)
-        bundle = _load(path, ("text_encoder", "tokenizer"), family, dtype)
+        if path.is_file():
+            bundle = _load_text_encoder_file(path, family, dtype)
+        else:
+            bundle = _load(path, ("text_encoder", "tokenizer"), family, dtype)
         log.info("BLADE: loaded %s text encoder from %s", bundle.family.name, path)
         return (bundle,)
 

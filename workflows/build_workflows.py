@@ -201,7 +201,7 @@ FILES = {
     "wan": {
         "model": "wan2.1_t2v_1.3B_bf16.safetensors",
         "vae": "wan_2.1_vae.safetensors",
-        "text_encoder": "Wan2.1-T2V-1.3B-Diffusers",
+        "text_encoder": "umt5_xxl_fp16.safetensors",
         "lora": "blade_wan2.1_t2v_1.3B_8step.safetensors",
     },
     "cogvideox": {
@@ -217,11 +217,11 @@ NOTES = {
         "Files for this workflow (ComfyUI/models/...):\n"
         "- diffusion_models/wan2.1_t2v_1.3B_bf16.safetensors (ComfyUI's repackaged Wan2.1 T2V 1.3B)\n"
         "- vae/wan_2.1_vae.safetensors\n"
-        "- diffusers/Wan2.1-T2V-1.3B-Diffusers/ (the Wan-AI diffusers folder; only its text_encoder and tokenizer "
-        "are used here; it can also replace the two files above)\n"
+        "- text_encoders/umt5_xxl_fp16.safetensors (ComfyUI's Wan text encoder; it carries its tokenizer. A "
+        "diffusers folder such as diffusers/Wan2.1-T2V-1.3B-Diffusers/ works too)\n"
         "{lora}"
-        "To reuse ComfyUI's umt5_xxl text encoder instead: CLIPLoader (type wan) -> CLIPTextEncode -> "
-        "BLADE Conditioning To Embeds -> embeds."
+        "To use ComfyUI's own text encoding instead: CLIPLoader (type wan) -> "
+        "CLIPTextEncode -> BLADE Conditioning To Embeds -> embeds."
     ),
     "cogvideox": (
         "Files for this workflow (ComfyUI/models/...):\n"

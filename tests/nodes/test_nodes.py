@@ -273,3 +273,36 @@ def test_sampler_node_runs_the_pipeline_function(pack, nodes, wan, wan_embeds):
     grid = latent_grid(wan.family, **SIZE)
     assert torch.equal(out["blade"]["latents"], sample_latents(wan.bundle, wan_embeds, grid=grid, sampler="tdm",
                                                                steps=2, seed=3))
+
+
+def test_text_encoder_loader_takes_a_comfyui_file(pack, nodes, tmp_path, monkeypatch):
+    """A single UMT5 file in models/text_encoders (ComfyUI's layout, tokenizer folder beside it) is listed, loads
+    as Wan's encoder and gives the original encoder's embeddings."""
+    from safetensors.torch import save_file
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from blade_ops.families import get_family
+    from blade_ops.models.bundle import ModelBundle
+    from blade_ops.models.tiny import build_word_tokenizer
+    from blade_ops.text import encode_text
+
+    tokenizer = build_word_tokenizer()
+    torch.manual_seed(0)
+    original = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                           num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0,
+                                           feed_forward_proj="gated-gelu")).eval()
+    folder = tmp_path / "text_encoders"
+    folder.mkdir()
+    state = {k: v.contiguous() for k, v in original.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    save_file(state, folder / "umt5_tiny.safetensors")
+    tokenizer.save_pretrained(folder / "umt5_tiny_tokenizer")
+    monkeypatch.setenv("BLADE_MODELS_DIR", str(tmp_path))
+    choices = nodes["BladeTextEncoderLoader"].INPUT_TYPES()["required"]["text_encoder_name"][0]
+    assert "umt5_tiny.safetensors" in choices
+    (te,) = nodes["BladeTextEncoderLoader"]().load("umt5_tiny.safetensors", "auto", "fp32")
+    assert te.family.name == "wan"
+    reference = encode_text(ModelBundle(get_family("wan"), text_encoder=original, tokenizer=tokenizer), ["a red cat"])
+    (embeds,) = nodes["BladeTextEncode"]().encode(te, "a red cat", "")
+    assert torch.equal(embeds.cond, reference)
+    with pytest.raises(ValueError, match="which is wan's; cogvideox needs T5"):
+        nodes["BladeTextEncoderLoader"]().load("umt5_tiny.safetensors", "cogvideox", "fp32")
