@@ -157,7 +157,6 @@ def asa_plan(
     *,
     num_text_tokens: int,
     config: ASAConfig,
-    backend: str,
     impl: str = "auto",
 ) -> BlockSelection:
     """Estimate + rule on already reordered q, k [B, H, L, D]: the block selection ASA would use."""
@@ -172,6 +171,7 @@ def asa_plan(
         config.min_blocks(nkb),
         config.max_blocks(nkb),
         first_text_block=text_block_range(length, num_text_tokens, bs),
+        impl=impl,
     )
 
 
@@ -208,7 +208,7 @@ def asa_attention(
         perm, inverse = order
         q, k, v = permute_tokens(q, perm, inverse), permute_tokens(k, perm, inverse), permute_tokens(v, perm, inverse)
 
-    selection = asa_plan(q, k, num_text_tokens=num_text_tokens, config=config, backend=name)
+    selection = asa_plan(q, k, num_text_tokens=num_text_tokens, config=config)
     use_global = config.use_global and num_video > 0 and config.min_ratio < 1.0
     mode = "off"
     if use_global:
