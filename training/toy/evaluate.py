@@ -130,7 +130,7 @@ def _record_attention_mass(records: list[float], config: ASAConfig, backend: str
     def wrapped(q, k, v, *, grid, num_text_tokens, **kwargs):
         perm, _ = curve_permutation_on(grid, q.device, num_text_tokens)
         qr, kr = q[:, :, perm], k[:, :, perm]
-        selection = asa_plan(qr, kr, num_text_tokens=num_text_tokens, config=config, backend=backend)
+        selection = asa_plan(qr, kr, num_text_tokens=num_text_tokens, config=config)
         probs = torch.softmax((qr.float() @ kr.float().transpose(-1, -2)) / q.shape[-1] ** 0.5, dim=-1)
         bs = config.block_size
         length = probs.shape[-1]

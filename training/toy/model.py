@@ -30,7 +30,7 @@ class ToySpec:
     ffn: int = 512
     text_dim: int = 32  # the tiny UMT5 encoder's d_model
     frames: int = 5  # latent frames (video: 17)
-    size: int = 32  # latent cells per side (video: 256 x 256)
+    size: int = 16  # latent cells per side (video: 128 x 128); 5 x 8 x 8 = 320 video tokens
 
     @classmethod
     def small(cls) -> ToySpec:
@@ -40,6 +40,8 @@ class ToySpec:
     def geometry(self) -> ToyGeometry:
         if self.size >= 32:
             return ToyGeometry(frames=self.frames, size=self.size)
+        if self.size >= 16:
+            return ToyGeometry(frames=self.frames, size=self.size, radius=(2.0, 3.0), speed=(1.0, 1.75))
         return ToyGeometry(frames=self.frames, size=self.size, radius=(1.5, 2.5), speed=(1.0, 1.5))
 
     @property

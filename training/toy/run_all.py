@@ -42,9 +42,11 @@ logger = logging.getLogger("training.toy.run_all")
 
 
 def toy_asa(spec: ToySpec) -> dict:
-    """ASA for the toy grid: 64-token blocks (1280 tokens = 20 blocks); the Wan preset otherwise."""
+    """ASA for the toy grid: blocks of 1/20 of the video tokens (the full-size Wan grid has 256 blocks of 128)."""
     if spec.size >= 32:
-        return {"block_size": 64, "num_keep": 16}
+        return {"block_size": 64, "num_keep": 16}  # 1280 tokens
+    if spec.size >= 16:
+        return {"block_size": 16, "num_keep": 8}  # 320 tokens
     return {"block_size": 16, "num_keep": 4}
 
 
@@ -56,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-steps", type=int, default=6000)
     p.add_argument("--teacher-batch", type=int, default=64)
     p.add_argument("--teacher-budget", type=float, default=150.0, help="seconds")
-    p.add_argument("--classifier-steps", type=int, default=600)
+    p.add_argument("--classifier-steps", type=int, default=1500)
     p.add_argument("--cfg-scales", default="2,3.5,5")
-    p.add_argument("--distill-steps", type=int, default=400)
+    p.add_argument("--distill-steps", type=int, default=1000, help="at most; fewer if the budget is shorter")
     p.add_argument("--distill-batch", type=int, default=16)
     p.add_argument("--distill-budget", type=float, default=200.0, help="seconds")
     p.add_argument("--lora-rank", type=int, default=32)
@@ -77,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": vars(args)}
     clock = time.perf_counter()
 
+    def save() -> None:  # after every stage, so a run stopped early keeps what it measured
+        results["total_seconds"] = time.perf_counter() - clock
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
     # 1. teacher
     teacher_dir = Path(args.teacher) if args.teacher else out / "teacher"
     if not args.teacher:
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         save_toy_folder(bundle, spec, teacher_dir)
         results["teacher_training"] = {"steps": info["steps"], "seconds": info["seconds"],
                                        "last_loss": info["history"][-1][1]}
+        save()
     bundle, spec = load_toy_bundle(teacher_dir, device=device)
     geometry = spec.geometry
     prompts = all_prompts()
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. metric
     classifier, real_acc = train_classifier(geometry, steps=args.classifier_steps, device=args.device)
     results["classifier_real_prompt_match"] = real_acc
+    save()
 
     # 3. teacher CFG scale
     scales = [float(s) for s in args.cfg_scales.split(",")]
@@ -105,25 +113,37 @@ def main(argv: list[str] | None = None) -> int:
     cfg = best.setting["guidance"]
     results["cfg_search"] = [asdict(s) for s in cfg_scores]
     logger.info("teacher CFG scale: %s", cfg)
+    save()
 
     # 4. data-free distillation from the prompts alone
     emb_dir = encode_to_folder(bundle, prompts, out / "prompt_embeddings", dtype=torch.float32, model_name="toy-wan")
-    config = build_config(dict(
-        model=str(teacher_dir), family="wan", prompt_embeddings=str(emb_dir), output_dir=str(out / "distill"),
-        **spec.video, lora_rank=args.lora_rank, lora_alpha=float(args.lora_rank), asa=True,
-        attention_backend="torch", asa_overrides=toy_asa(spec), guidance_scale=cfg, negative_prompt_key="empty",
-        max_train_steps=args.distill_steps, train_batch_size=args.distill_batch, gradient_accumulation_steps=1,
-        learning_rate=args.lr, learning_rate_fake=args.lr_fake, lr_warmup_steps=5,
-        mixed_precision="bf16" if device.type == "cuda" else "no", gradient_checkpointing=False,
-        checkpointing_steps=max(1, args.distill_steps // 4), validation_steps=0, resume="",
-    ))
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=config.mixed_precision)
-    student_bundle, _ = load_toy_bundle(teacher_dir)
-    distiller = Distiller(config, student_bundle, PromptEmbeddings.open(emb_dir), accelerator)
+    def distiller_for(steps: int, folder: str) -> Distiller:
+        config = build_config(dict(
+            model=str(teacher_dir), family="wan", prompt_embeddings=str(emb_dir), output_dir=str(out / folder),
+            **spec.video, lora_rank=args.lora_rank, lora_alpha=float(args.lora_rank), asa=True,
+            attention_backend="torch", asa_overrides=toy_asa(spec), guidance_scale=cfg, negative_prompt_key="empty",
+            max_train_steps=steps, train_batch_size=args.distill_batch, gradient_accumulation_steps=1,
+            learning_rate=args.lr, learning_rate_fake=args.lr_fake, lr_warmup_steps=5,
+            mixed_precision="bf16" if device.type == "cuda" else "no", gradient_checkpointing=False,
+            checkpointing_steps=max(1, steps // 4), validation_steps=0, resume="",
+        ))
+        accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=config.mixed_precision)
+        student_bundle, _ = load_toy_bundle(teacher_dir)
+        return Distiller(config, student_bundle, PromptEmbeddings.open(emb_dir), accelerator)
+
+    # A 3-step probe sizes the run so that its cosine schedule ends inside the time budget.
+    probe = distiller_for(args.distill_steps, "distill_probe")
+    probe_start = time.perf_counter()
+    train(probe, 3)
+    per_step = (time.perf_counter() - probe_start) / 3
+    steps = max(3, min(args.distill_steps, int(args.distill_budget / per_step)))
+    del probe
+    logger.info("distillation: %.2f s/step -> %d steps", per_step, steps)
+    distiller = distiller_for(steps, "distill")
     start = time.perf_counter()
-    logs = train(distiller, time_budget=args.distill_budget)
+    logs = train(distiller, time_budget=args.distill_budget * 1.2)
     distill_seconds = time.perf_counter() - start
     lora_path = distiller.export_lora(out / "toy_blade_lora.safetensors")
     results["distillation"] = {
@@ -132,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         "loss_student": [round(log.loss_student, 5) for log in logs[:: max(1, len(logs) // 20)]],
         "train_density_last": logs[-1].density if logs else None, "cfg": cfg, "lora_rank": args.lora_rank,
     }
-    del distiller, student_bundle
+    del distiller
+    save()
 
     # 5. evaluation
     settings = [
@@ -144,13 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     scores, examples = evaluate(bundle, text, empty, settings, classifier, geometry, asa_config, repeats=args.repeats)
     results["scores"] = [asdict(s) for s in scores]
+    save()
     torch.save({k: v.half() for k, v in examples.items()}, out / "examples.pt")
     try:
         results["attention_mass_kept"] = attention_mass_kept(bundle, text, asa_config, geometry)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, TypeError) as exc:  # an analysis, not a result: never lose the scores
         logger.warning("attention-mass analysis failed: %s", exc)
-    results["total_seconds"] = time.perf_counter() - clock
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    save()
     (out / "results.md").write_text(markdown(results))
     logger.info("\n%s", markdown(results))
     return 0

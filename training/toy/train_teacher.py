@@ -63,13 +63,14 @@ def train_teacher(
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     warmup = min(200, steps // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
-    )
     flow = FlowMatching(1000)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     history, start, step = [], time.perf_counter(), 0
     for step in range(1, steps + 1):
+        # Cosine over steps or over the time budget, whichever ends first, so a budgeted run still anneals.
+        progress = min(1.0, max((step - 1) / steps, (time.perf_counter() - start) / time_budget))
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
         index, cells = random_batch(batch_size, spec.geometry, gen, device)
         with torch.no_grad():
             x0 = bundle.vae.normalise(bundle.vae.encode_cells(cells))
@@ -88,14 +89,13 @@ def train_teacher(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
         with torch.no_grad():
             decay = min(ema_decay, (1 + step) / (10 + step))
             for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(pm, 1 - decay)
         if step % log_every == 0 or step == 1:
-            history.append((step, float(loss)))
-            logger.info("step %d loss %.4f (%.0f s)", step, float(loss), time.perf_counter() - start)
+            history.append((step, loss.item()))
+            logger.info("step %d loss %.4f (%.0f s)", step, loss.item(), time.perf_counter() - start)
         if time.perf_counter() - start > time_budget:
             logger.info("time budget of %.0f s reached at step %d", time_budget, step)
             break
