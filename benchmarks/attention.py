@@ -475,11 +475,33 @@ def render_markdown(results: dict, command: str) -> str:
                 f"({wan['speedup_fwd_S16']:.2f}x), density {wan['density_S16']:.3f}, relative error "
                 f"{wan['rel_err_vs_dense_S16']:.3f}; estimate {wan['t_estimate_S16_ms']:.2f} ms"
             )
+    if "rel_err_vs_dense_no_global" in wan:
+        lines += [
+            "",
+            "Notes:",
+            "",
+            "- The estimate's work is inherent in the method: sampled queries x sampled keys is "
+            "2·(L·S/128)²·D FLOPs per head (about 3% of dense at num_keep=32); the fused kernel runs it at about "
+            f"{_estimate_tflop(wan) / wan['t_estimate_ms'] * 1e3:.0f} TFLOP/s at the Wan shape and never writes "
+            "the sampled scores.",
+            "- The global branch follows the reference: every query attends to the pooled tokens of all blocks, "
+            "kept ones included, so the kept region is counted twice (exactly, and again pooled). On these inputs "
+            f"the relative error vs dense is {wan['rel_err_vs_dense']:.3f} with it and "
+            f"{wan['rel_err_vs_dense_no_global']:.3f} without it (Wan; forward without it "
+            f"{wan.get('asa_fwd_no_global_ms', float('nan')):.2f} ms). BLADE's LoRAs are distilled with the "
+            "branch; for training-free use `use_global=False` is the closer approximation.",
+        ]
     checks = results.get("checks")
     if checks:
         lines += ["", "GPU checks against the PyTorch references (fresh random inputs): " + ", ".join(
             f"{k} {v:.1e}" for k, v in checks.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _estimate_tflop(r: dict) -> float:
+    b, h, length, d = r["shape"]
+    sampled = -(-length // 128) * r["config"]["num_keep"]
+    return 2.0 * b * h * sampled * sampled * d / 1e12
 
 
 def write_docs_section(md: str, path: Path) -> None:
