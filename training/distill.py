@@ -78,6 +78,7 @@ class Distiller:
 
     def __init__(self, config: DistillConfig, bundle: ModelBundle, embeddings: PromptEmbeddings, accelerator):
         bundle.require("transformer")
+        _check_distributed_type(accelerator)
         self.config = config
         self.bundle = bundle
         self.family = bundle.family
@@ -319,6 +320,22 @@ class Distiller:
         from .validation import validation_videos
 
         return validation_videos(self)
+
+
+def _check_distributed_type(accelerator) -> None:
+    """DDP (and single-process) runs are supported; sharded ones are refused up front, not half-supported.
+
+    Student and fake score are two adapters of one module with two optimizers stepping at different times, and a
+    checkpoint takes LoRA and optimizer state from rank 0: both assume replicated (DDP) state. DeepSpeed wants one
+    optimizer per engine, and FSDP/ZeRO shard the optimizer state that rank 0 would save.
+    """
+    kind = str(getattr(accelerator, "distributed_type", "NO")).rsplit(".", 1)[-1]
+    if kind in ("DEEPSPEED", "FSDP"):
+        raise RuntimeError(
+            f"training.distill does not support {kind} yet (two optimizers on one module, rank-0 checkpoints); use "
+            "training/configs/accelerate_ddp.yaml: the base is frozen, so DDP holds Wan 1.3B and CogVideoX 5B "
+            "LoRA training on 80 GB GPUs."
+        )
 
 
 def _cast_base(transformer: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

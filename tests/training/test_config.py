@@ -35,3 +35,14 @@ def test_bad_values_are_named(bad):
 def test_unknown_key():
     with pytest.raises(ValueError, match="Unknown config keys"):
         load_config(None, {"lora_rnak": 4})
+
+
+@pytest.mark.parametrize("kind", ["DistributedType.DEEPSPEED", "DistributedType.FSDP"])
+def test_sharded_distributed_types_are_refused_up_front(kind):
+    from types import SimpleNamespace
+
+    from training.distill import _check_distributed_type
+
+    with pytest.raises(RuntimeError, match="accelerate_ddp.yaml"):
+        _check_distributed_type(SimpleNamespace(distributed_type=kind))
+    _check_distributed_type(SimpleNamespace(distributed_type="DistributedType.MULTI_GPU"))
