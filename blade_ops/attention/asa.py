@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._permute import permute_tokens
+from ._permute import permute_and_fold, permute_tokens
 from .backends import KVBias, get_backend, resolve_backend
 from .config import ASAConfig
 from .curve import token_order
@@ -203,12 +203,6 @@ def asa_attention(
     length = q.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1])
 
-    order = token_order(tuple(grid), num_text_tokens, q.device, config.reorder, text_first)
-    if order is not None:
-        perm, inverse = order
-        q, k, v = permute_tokens(q, perm, inverse), permute_tokens(k, perm, inverse), permute_tokens(v, perm, inverse)
-
-    selection = asa_plan(q, k, num_text_tokens=num_text_tokens, config=config)
     use_global = config.use_global and num_video > 0 and config.min_ratio < 1.0
     mode = "off"
     if use_global:
@@ -220,21 +214,34 @@ def asa_attention(
                 f"global_mode='fold' needs a backend that supports a key bias; {name!r} does not. "
                 "Use global_mode='merge' or 'auto'."
             )
+    gap = config.sample_gap
+    ln_gap, num_pooled = global_bias(num_video, gap)
+    start = -(-length // bs) * bs
 
+    order = token_order(tuple(grid), num_text_tokens, q.device, config.reorder, text_first)
+    perm, inverse = order if order is not None else (None, None)
+    if perm is not None:
+        q = permute_tokens(q, perm, inverse)
+    if mode == "fold":
+        # keys/values land in the folded layout directly: [curve order | masked gap | pooled tokens]
+        k2 = permute_and_fold(k, perm, inverse, num_video, gap, start)
+        v2 = permute_and_fold(v, perm, inverse, num_video, gap, start)
+        k, v = k2[:, :, :length], v2[:, :, :length]
+    elif perm is not None:
+        k, v = permute_tokens(k, perm, inverse), permute_tokens(v, perm, inverse)
+
+    selection = asa_plan(q, k, num_text_tokens=num_text_tokens, config=config)
     if mode == "off":
         out, _ = kernel.fn(q, k, v, selection.dense, bs, scale)
+    elif mode == "fold":
+        out = _fold_call(kernel.fn, q, k2, v2, selection, bs, scale, ln_gap, length, start, num_pooled)
     else:
-        gap = config.sample_gap
         kp, vp = pool_kv(k, num_video, gap), pool_kv(v, num_video, gap)
-        ln_gap, _ = global_bias(num_video, gap)
-        if mode == "fold":
-            out = _fold_global(kernel.fn, q, k, v, kp, vp, selection, bs, scale, ln_gap)
-        else:
-            out1, lse1 = kernel.fn(q, k, v, selection.dense, bs, scale)
-            out2, lse2 = _pooled_attention(q, kp, vp, ln_gap, scale)
-            out, _ = merge_by_lse(out1, lse1, out2, lse2)
+        out1, lse1 = kernel.fn(q, k, v, selection.dense, bs, scale)
+        out2, lse2 = _pooled_attention(q, kp, vp, ln_gap, scale)
+        out, _ = merge_by_lse(out1, lse1, out2, lse2)
 
-    if order is not None:
+    if perm is not None:
         out = permute_tokens(out, inverse, perm)
     if stats is not None:
         stats.record(selection.density())
@@ -245,25 +252,17 @@ def asa_attention(
     return out
 
 
-def _fold_global(fn, q, k, v, kp, vp, selection, bs, scale, ln_gap) -> torch.Tensor:
-    """Pooled tokens appended as extra key blocks after a block-aligned gap, biased by ln(gap), in one kernel call.
+def _fold_call(fn, q, k2, v2, selection, bs, scale, ln_gap, length, start, num_pooled) -> torch.Tensor:
+    """One kernel call over [L tokens | masked gap up to nkb*bs | Np pooled tokens biased by ln(gap)].
 
-    Key layout: [L tokens | masked gap up to nkb*bs | Np pooled tokens]; every row keeps every pooled block.
+    Every query-block row keeps every pooled block on top of its selected blocks.
     """
-    b, h, length, d = k.shape
-    nkb = -(-length // bs)
-    start = nkb * bs
-    num_pooled = kp.shape[2]
-    gap = start - length
-    pad = k.new_zeros(b, h, gap, d) if gap else None
-    k2 = torch.cat([k, pad, kp] if gap else [k, kp], dim=2)
-    pad_v = v.new_zeros(b, h, gap, v.shape[-1]) if gap else None
-    v2 = torch.cat([v, pad_v, vp] if gap else [v, vp], dim=2)
+    b, h = q.shape[:2]
     npb = -(-num_pooled // bs)
     extra = selection.dense.new_ones(b, h, selection.dense.shape[2], npb)
     mask = torch.cat([selection.dense, extra], dim=-1)
     segments: list[tuple[int, int, float]] = []
-    if gap:
+    if start > length:
         segments.append((length, start, float("-inf")))
     segments.append((start, start + num_pooled, ln_gap))
     out, _ = fn(q, k2, v2, mask, bs, scale, kv_bias=KVBias(tuple(segments)))

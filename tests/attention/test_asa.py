@@ -173,3 +173,18 @@ def test_cuda_flex_matches_torch_backend():
     ref = asa_attention(q, k, v, grid=(5, 10, 13), num_text_tokens=40, config=cfg, backend="torch")
     out = asa_attention(q, k, v, grid=(5, 10, 13), num_text_tokens=40, config=cfg, backend="flex")
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("reorder", [True, False])
+def test_fold_and_merge_gradients_agree(reorder):
+    """The folded key/value layout (permute + gap + pooled rows in one buffer) has its own backward."""
+    base = dict(block_size=16, num_keep=4, tau=0.7, min_ratio=0.2, max_ratio=0.4, sample_gap=4, reorder=reorder)
+    q, k, v = (x.requires_grad_() for x in _qkv(b=2, seed=11))
+    g = torch.randn_like(q)
+    grads = {}
+    for mode in ("fold", "merge"):
+        out = asa_attention(q, k, v, grid=GRID, num_text_tokens=TEXT, config=ASAConfig(**base, global_mode=mode),
+                            backend="torch")
+        grads[mode] = torch.autograd.grad(out, (q, k, v), g)
+    for a, b in zip(grads["fold"], grads["merge"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -34,17 +34,19 @@ except ImportError:  # torch < 2.9: the return_lse flag
 
 _COMPILED: dict[tuple, Callable] = {}
 # Kernel options per head dim for the compiled CUDA kernel (None: PyTorch's defaults). On Hopper the TMA loads
-# were 5-6% faster than the defaults at the Wan and CogVideoX shapes (benchmarks/attention.py --variants).
+# made the forward 3-7% faster at the Wan and CogVideoX shapes (benchmarks/attention.py --variants), while the
+# CogVideoX forward+backward got 6% slower, so they are used for forward-only calls (sampling).
 KERNEL_OPTIONS: dict[int, dict | None] = {}
 _HOPPER_OPTIONS: dict | None = {"USE_TMA": True}
 
 
-def _options(q: torch.Tensor) -> dict | None:
+def _options(q: torch.Tensor, needs_grad: bool) -> dict | None:
     if q.device.type != "cuda":
         return None
     if q.shape[-1] in KERNEL_OPTIONS:
         return KERNEL_OPTIONS[q.shape[-1]]
-    return _HOPPER_OPTIONS if torch.cuda.get_device_capability(q.device)[0] == 9 else None
+    hopper = torch.cuda.get_device_capability(q.device)[0] == 9
+    return _HOPPER_OPTIONS if hopper and not needs_grad else None
 
 
 def _ordered(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +167,7 @@ def flex_block_sparse_attention(
         # block selection itself must be part of mask_mod there
         mask_mod = _with_block_lookup(mask_mod, block_mask, block_size)
     bm = build_flex_block_mask(block_mask, block_size, len_q, len_k, mask_mod, masked, with_backward=needs_grad)
-    options = _options(q)
+    options = _options(q, needs_grad)
     key = (tuple(q.shape), tuple(k.shape), q.dtype, len_k, kv_bias, block_size, q.device, str(options))
     fn = _kernel(q.device, key)
     with warnings.catch_warnings(), compile_limit_context():
