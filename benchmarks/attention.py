@@ -177,6 +177,16 @@ def check_correctness(results: dict) -> None:
         c = ASAConfig.from_dict({**cfg.to_dict(), "global_mode": mode})
         out = asa_attention(q, k, v, grid=grid, num_text_tokens=nt, config=c, backend="flex")
         checks[f"asa_flex_{mode}_vs_torch_rel_err"] = rel_err(out, ref)
+    # gradients through the folded layout (Triton permutation + pooling backward) and the flex backward
+    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+    g = torch.randn_like(q)
+    grads = {}
+    for backend in ("torch", "flex"):
+        out = asa_attention(qg, kg, vg, grid=grid, num_text_tokens=nt, config=cfg, backend=backend)
+        grads[backend] = torch.autograd.grad(out, (qg, kg, vg), g)
+    checks["asa_flex_fold_grad_vs_torch_rel_err"] = max(
+        rel_err(a, r_) for a, r_ in zip(grads["flex"], grads["torch"], strict=True)
+    )
     bad = {k_: v_ for k_, v_ in checks.items() if ("err" in k_ and v_ > 5e-3) or not math.isfinite(v_)}
     results["checks_ok"] = not bad
     logger.info("checks: %s", json.dumps(checks, indent=1))
