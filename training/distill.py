@@ -245,7 +245,7 @@ class Distiller:
         handle = self.models.asa_handle
         if handle is not None and hasattr(handle, "layer_density"):
             try:
-                values = [float(v) for v in handle.layer_density()]
+                values = [float(v) for v in handle.layer_density().values()]
                 density = sum(values) / len(values) if values else None
             except (TypeError, ValueError, RuntimeError):
                 density = None

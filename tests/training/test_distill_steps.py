@@ -27,6 +27,7 @@ def test_few_steps_change_only_lora(family, embeddings_folder, tmp_path):
     logs = train(d, 3)
 
     assert len(logs) == 3
+    assert all(0.0 < log.density <= 1.0 for log in logs)  # the student and fake score ran sparse
     assert all(math.isfinite(v) for log in logs for v in (log.loss_fake, log.loss_student))
     for name, value in d.models.transformer.named_parameters():
         if "lora_" not in name:
