@@ -240,6 +240,9 @@ class Distiller:
                 acc.backward(loss / accum)
             loss_student_total += loss.detach().item() / accum
         grad_student = self._clip_and_step(STUDENT)
+        if acc.num_processes > 1:  # log the mean over processes (the global batch), as a single-process run would
+            both = acc.reduce(torch.tensor([loss_fake_total, loss_student_total], device=self.device), "mean")
+            loss_fake_total, loss_student_total = (float(v) for v in both.tolist())
         self.step += 1
         density = None
         handle = self.models.asa_handle

@@ -5,6 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state; each test builds its Accelerator from scratch."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 PROMPTS = ["a red circle moving left", "a blue square bouncing up", "a green ball rolling right", "a white star"]
 
 

@@ -39,3 +39,24 @@ def test_few_steps_change_only_lora(family, embeddings_folder, tmp_path):
     with torch.no_grad():
         assert torch.equal(d.models(TEACHER, x, t, text), teacher_before)
         assert not torch.allclose(d.models(STUDENT, x, t, text), teacher_before)
+
+
+def test_bf16_gradient_checkpointing_and_validation_videos(embeddings_folder, tmp_path):
+    """bf16 autocast (CPU) with gradient checkpointing trains; a checkpoint step writes validation mp4s."""
+    from accelerate import Accelerator
+    from conftest import make_config, tiny_bundle
+
+    from blade_ops.video_io import read_mp4
+    from training.distill import Distiller
+    from training.prompts import PromptEmbeddings
+
+    emb = embeddings_folder("wan")
+    config = make_config("wan", emb, tmp_path, mixed_precision="bf16", gradient_checkpointing=True,
+                         checkpointing_steps=2, validation_steps=-1, num_validation_prompts=1, max_train_steps=2)
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    d = Distiller(config, tiny_bundle("wan"), PromptEmbeddings.open(emb), accelerator)
+    assert d.models.transformer.gradient_checkpointing
+    logs = train(d)
+    assert all(math.isfinite(log.loss_fake) and math.isfinite(log.loss_student) for log in logs)
+    frames, _ = read_mp4(tmp_path / "validation" / "step-2" / "00.mp4")
+    assert frames.shape[0] == 5
