@@ -116,8 +116,9 @@ def dense_sdpa_context(choice: str):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    # MATH stays last as the fallback for the text encoder, whose position-bias mask no fused kernel takes.
     order = {"cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
-             "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]}[choice]
+             "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]}[choice] + [SDPBackend.MATH]
     return sdpa_kernel(order, set_priority=True)
 
 
@@ -159,7 +160,7 @@ def run_preset(bundle: ModelBundle, preset: str, size: dict, steps: int | None, 
 def render_markdown(results: dict, command: str) -> str:
     env = results["env"]
     lines = [
-        f"## End to end: {results['variant']}",
+        f"### {results['variant']}",
         "",
         f"{results['variant']}, {results['size']['frames']}x{results['size']['height']}x{results['size']['width']},"
         f" {env['dtype']}, {env['gpu']}, torch {env['torch']}, diffusers {env['diffusers']}; random weights; "
@@ -184,13 +185,13 @@ def render_markdown(results: dict, command: str) -> str:
 
 
 def write_docs_section(md: str, path: Path) -> None:
-    """Replace (or append) this variant's "## End to end" section of ``path``, leaving other sections alone."""
+    """Replace (or append) this variant's table under "## End to end" in ``path``, leaving the rest alone."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
     start = text.find(md.splitlines()[0] + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + md
     else:
-        nxt = text.find("\n## ", start + 1)
+        nxt = min((i for i in (text.find("\n## ", start + 1), text.find("\n### ", start + 1)) if i >= 0), default=-1)
         text = text[:start] + md + (text[nxt + 1 :] if nxt >= 0 else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
