@@ -81,15 +81,15 @@ class TrainState:
     extra: dict[str, Any]  # JSON-friendly (config, world size, ...)
 
 
-def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-    state: dict[str, Any] = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+def rng_state() -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """Global torch RNG states (used by ASA's sampled estimate); the TDM draws come from per-sample generators."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
-    generator.set_state(state["generator"])
+def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -95,6 +95,7 @@ class Distiller:
             weight_dtype = torch.float32  # CPU autocast handles bf16 compute; keep weights exact
         transformer = _cast_base(bundle.transformer.to(self.device), weight_dtype)
         self.asa_config = build_asa_config(config, self.family.name)
+        torch.manual_seed(config.seed)  # LoRA A init: identical on every process and in every run with this seed
         self.models = TDMModels(
             transformer, self.family, rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets,
             asa_config=self.asa_config, attention_backend=config.attention_backend,
@@ -125,7 +126,6 @@ class Distiller:
         channels = int(getattr(transformer.config, "in_channels", self.family.latent_channels))
         self.latent_shape = latent_shape(self.family, config.train_batch_size, grid, channels)
         self.huber_c = tdm.huber_c(self.latent_shape[1:], config.huber_c_scale)
-        self.generator = torch.Generator().manual_seed(config.seed * 1000 + accelerator.process_index)
         self.step = 0
         self._perms: dict[int, torch.Tensor] = {}
 
@@ -134,13 +134,25 @@ class Distiller:
         cfg = self.config
         return make_sampler("tdm", self.family, self.scheduler_config, steps=cfg.num_steps, eta=cfg.eta)
 
-    def prompt_indices(self, step: int, micro: int) -> list[int]:
-        """Prompts of this process's micro-batch: a seeded permutation per epoch, a pure function of the step."""
-        cfg, n = self.config, len(self.embeddings)
+    def sample_positions(self, step: int, micro: int) -> list[int]:
+        """Global positions of this process's micro-batch in the run's stream of samples.
+
+        Sample p of the run gets prompt ``permutation[p % n]`` and its own generator seeded from p, so what a sample
+        sees does not depend on how the global batch is split over processes or on where a run was resumed.
+        """
+        cfg = self.config
         world, rank, b = self.accelerator.num_processes, self.accelerator.process_index, cfg.train_batch_size
         first = ((step * cfg.gradient_accumulation_steps + micro) * world + rank) * b
+        return list(range(first, first + b))
+
+    def sample_generators(self, positions: list[int]) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(self.config.seed * 1_000_000_007 + p) for p in positions]
+
+    def prompt_indices(self, positions: list[int]) -> list[int]:
+        """Prompts of the given sample positions: a seeded permutation per epoch over the prompt list."""
+        cfg, n = self.config, len(self.embeddings)
         out = []
-        for pos in range(first, first + b):
+        for pos in positions:
             epoch = pos // n
             if epoch not in self._perms:
                 self._perms = {epoch: torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))}
@@ -161,27 +173,26 @@ class Distiller:
         guided = uncond + self.guidance * (cond - uncond)
         return self.param.to_x0_eps(x.float(), guided, t)[0]
 
-    def _randn(self, shape) -> torch.Tensor:
-        return torch.randn(shape, generator=self.generator).to(self.device)
+    def _randn(self, shape, generators: list[torch.Generator]) -> torch.Tensor:
+        """[B, ...] Gaussian noise, sample b from generators[b] (CPU), on the training device."""
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(self.device)
 
-    def _rollout(self, text: torch.Tensor) -> torch.Tensor:
+    def _rollout(self, text: torch.Tensor, generators: list[torch.Generator]):
         sampler = self._tdm_sampler()
-        noise = self._randn(self.latent_shape)
+        noise = self._randn(self.latent_shape, generators)
 
         def predict(x, t):
             self.models.set_step(int(sampler.timesteps.tolist().index(int(t[0]))))
             return self._predict(STUDENT, x, t, text)
 
-        return tdm.rollout(predict, noise, sampler, self.generator), sampler.timesteps
+        return tdm.rollout(predict, noise, sampler, generators), sampler.timesteps
 
-    def _draw(self):
+    def _draw(self, generators: list[torch.Generator]):
         cfg = self.config
-        return tdm.draw_training_timesteps(
-            cfg.train_batch_size, cfg.num_steps, cfg.num_train_timesteps, cfg.max_timestep, self.generator
-        )
+        return tdm.draw_training_timesteps(generators, cfg.num_steps, cfg.num_train_timesteps, cfg.max_timestep)
 
-    def _scored_sample(self, x0, eps, t_mid, t):
-        z_mid, z_t = self._randn(x0.shape), self._randn(x0.shape)
+    def _scored_sample(self, x0, eps, t_mid, t, generators: list[torch.Generator]):
+        z_mid, z_t = self._randn(x0.shape, generators), self._randn(x0.shape, generators)
         return tdm.renoise_and_diffuse(self.param, x0, eps, t_mid, t, self.config.eta, z_mid, z_t)
 
     def _clip_and_step(self, name: str) -> float:
@@ -198,20 +209,22 @@ class Distiller:
         start = time.perf_counter()
         micro_batches = []
         for micro in range(accum):
-            text = self.embeddings.get(self.prompt_indices(self.step, micro)).to(self.device)
+            positions = self.sample_positions(self.step, micro)
+            generators = self.sample_generators(positions)
+            text = self.embeddings.get(self.prompt_indices(positions)).to(self.device)
             with torch.no_grad():
-                states, timesteps = self._rollout(text)
-            micro_batches.append((text, states, timesteps))
+                states, timesteps = self._rollout(text, generators)
+            micro_batches.append((text, states, timesteps, generators))
 
         # Fake score: learn the denoiser of the student's current distribution.
         loss_fake_total = 0.0
-        for micro, (text, states, timesteps) in enumerate(micro_batches):
-            t_g, t_mid, t = self._draw()
+        for micro, (text, states, timesteps, generators) in enumerate(micro_batches):
+            t_g, t_mid, t = self._draw(generators)
             x_g = tdm.pick_states(states, timesteps, t_g)
             with torch.no_grad():
                 out = self._predict(STUDENT, x_g, t_g, text)
                 x0, eps = self.param.to_x0_eps(x_g.float(), out, t_g)
-                x_t = self._scored_sample(x0, eps, t_mid, t)
+                x_t = self._scored_sample(x0, eps, t_mid, t, generators)
                 out_teacher = self._predict(TEACHER, x_t, t, text) if self.lambda_reg > 0 else None
             sync = acc.no_sync(self.trainable) if micro < accum - 1 else _nullcontext()
             with sync:
@@ -223,15 +236,15 @@ class Distiller:
 
         # Student: distribution matching through its own x0 at t_g.
         loss_student_total = 0.0
-        for micro, (text, states, timesteps) in enumerate(micro_batches):
-            t_g, t_mid, t = self._draw()
+        for micro, (text, states, timesteps, generators) in enumerate(micro_batches):
+            t_g, t_mid, t = self._draw(generators)
             x_g = tdm.pick_states(states, timesteps, t_g)
             sync = acc.no_sync(self.trainable) if micro < accum - 1 else _nullcontext()
             with sync:
                 out = self._predict(STUDENT, x_g, t_g, text, grad=True)
                 x0, eps = self.param.to_x0_eps(x_g.float(), out, t_g)
                 with torch.no_grad():
-                    x_t = self._scored_sample(x0.detach(), eps.detach(), t_mid, t)
+                    x_t = self._scored_sample(x0.detach(), eps.detach(), t_mid, t, generators)
                     x0_teacher = self._teacher_x0(x_t, t, text)
                     x0_fake = self.param.to_x0_eps(x_t.float(), self._predict(FAKE, x_t, t, text), t)[0]
                 loss = tdm.student_loss(
@@ -274,7 +287,7 @@ class Distiller:
 
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
-        rng = rng_state(self.generator)
+        rng = rng_state()
         state = self.state() if acc.is_main_process else None
         return write_checkpoint(
             self.config.output_dir, self.step, state, rng, rank=acc.process_index, barrier=acc.wait_for_everyone,
@@ -295,10 +308,8 @@ class Distiller:
             self.optimizers[adapter].load_state_dict(state.optimizers[adapter])
             self.schedulers[adapter].load_state_dict(state.schedulers[adapter])
         self.step = state.step
-        if rng is not None:
-            restore_rng(rng, self.generator)
-        else:  # written by fewer processes: a fresh, still deterministic stream for this rank
-            self.generator.manual_seed(self.config.seed * 1000 + self.accelerator.process_index + 7919 * self.step)
+        if rng is not None:  # absent when the checkpoint was written by fewer processes: nothing else depends on it
+            restore_rng(rng)
         logger.info("Resumed from %s at step %d", path, self.step)
 
     # ---- outputs ---------------------------------------------------------------------------------------------

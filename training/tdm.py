@@ -60,10 +60,13 @@ def rollout_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> torch.
 
 
 @torch.no_grad()
-def rollout(predict: Predict, noise: torch.Tensor, sampler, generator: torch.Generator | None) -> torch.Tensor:
+def rollout(
+    predict: Predict, noise: torch.Tensor, sampler, generator: torch.Generator | list[torch.Generator] | None
+) -> torch.Tensor:
     """Student states at the sampler's K timesteps: [K, B, ...], states[0] = noise at t = 999.
 
-    ``sampler`` is a fresh blade_ops ``tdm`` sampler (it owns the x0/eps conversion and the eta update).
+    ``sampler`` is a fresh blade_ops ``tdm`` sampler (it owns the x0/eps conversion and the eta update);
+    ``generator`` may be one generator per sample.
     """
     states = [noise]
     x = noise
@@ -82,19 +85,19 @@ def pick_states(states: torch.Tensor, timesteps: torch.Tensor, t_g: torch.Tensor
 
 
 def draw_training_timesteps(
-    batch: int, num_steps: int, num_train_timesteps: int, max_timestep: int, generator: torch.Generator
+    generators: list[torch.Generator], num_steps: int, num_train_timesteps: int, max_timestep: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(t_g, t_mid, t) per sample, long [B] each, drawn on the CPU generator.
+    """(t_g, t_mid, t) per sample, long [B] each, sample b drawn from ``generators[b]`` (CPU).
 
     i ~ U{1..K}; t_g = (T/K) i - 1; t_mid = t_g - T/K + 1; t ~ U[max(t_mid, 1), max_timestep). t >= 1 keeps
     sigma_t > 0 (the Wan target divides by it; exact sigma(0) is 0).
     """
     stride = num_train_timesteps // num_steps
-    i = torch.randint(1, num_steps + 1, (batch,), generator=generator)
+    i = torch.cat([torch.randint(1, num_steps + 1, (1,), generator=g) for g in generators])
     t_g = i * stride - 1
     t_mid = t_g - stride + 1
     low = t_mid.clamp_min(1)
-    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
     t = (low + (u * (max_timestep - low)).floor().long()).clamp_max(max_timestep - 1)
     return t_g, t_mid, t
 
