@@ -440,7 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     if not has_tb:
         logger.warning("tensorboard is not installed (pip install tensorboard): losses go to the log only.")
     dtype = torch.bfloat16 if config.mixed_precision == "bf16" and accelerator.device.type == "cuda" else torch.float32
-    bundle = load_parts(config.model, ("transformer", "vae"), family=config.family or embeddings.family, dtype=dtype)
+    if (Path(config.model) / "toy_spec.json").is_file():  # the shipped toy model (training/toy): its own VAE class
+        from .toy.model import load_toy_bundle
+
+        bundle, _ = load_toy_bundle(config.model, dtype=dtype)
+    else:
+        bundle = load_parts(config.model, ("transformer", "vae"), family=config.family or embeddings.family,
+                            dtype=dtype)
     distiller = Distiller(config, bundle, embeddings, accelerator)
     resume = resolve_resume(config.output_dir, config.resume)
     if resume is not None:

@@ -47,3 +47,22 @@ def test_shipped_toy_model_makes_a_video_in_8_sparse_steps():
     assert not torch.allclose(latents, teacher_latents)
     red = frames[..., 0] > 0.5
     assert red.any() and (frames[..., 1][red] < 0.5).float().mean() > 0.8  # the student draws a red shape
+
+
+def test_distill_command_runs_on_the_shipped_toy_teacher(tmp_path):
+    """`training.distill --config training/configs/toy.yaml` (one step, CPU): prompts -> LoRA + checkpoint."""
+    from training.distill import main
+    from training.encode_prompts import main as encode_main
+    from training.toy.domain import all_prompts
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(all_prompts()[:4]))
+    encode_main(["--model", str(ASSETS / "toy-wan"), "--prompts", str(prompts), "--output", str(tmp_path / "emb"),
+                 "--dtype", "fp32", "--device", "cpu"])
+    config = Path(__file__).resolve().parents[2] / "training" / "configs" / "toy.yaml"
+    main(["--config", str(config), "--model", str(ASSETS / "toy-wan"), "--prompt_embeddings", str(tmp_path / "emb"),
+          "--output_dir", str(tmp_path / "out"), "--max_train_steps", "1", "--train_batch_size", "1",
+          "--mixed_precision", "no", "--validation_steps", "0"])
+    lora = read_lora(tmp_path / "out" / "pytorch_lora_weights.safetensors")
+    assert lora.info.training_steps == 1 and lora.info.rank == 32
+    assert (tmp_path / "out" / "checkpoints" / "checkpoint-1" / "state.json").is_file()
