@@ -1,9 +1,10 @@
-"""Tiny models and prompt-embedding folders for the training tests (built once per session and family)."""
+"""Fixtures of the training tests: a fresh accelerate state per test, prompt-embedding folders per family."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from training_helpers import PROMPTS, tiny_bundle
 
 
 @pytest.fixture(autouse=True)
@@ -14,21 +15,6 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
-
-
-PROMPTS = ["a red circle moving left", "a blue square bouncing up", "a green ball rolling right", "a white star"]
-
-
-def tiny_bundle(family: str):
-    from blade_ops.families import get_family
-    from blade_ops.models.bundle import ModelBundle
-    from blade_ops.models.tiny import tiny_components
-
-    parts = tiny_components(family)
-    return ModelBundle(
-        family=get_family(family), transformer=parts["transformer"], vae=parts["vae"],
-        text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], variant=f"tiny-{family}",
-    )
 
 
 @pytest.fixture(scope="session")
@@ -47,30 +33,3 @@ def embeddings_folder(tmp_path_factory):
         return cache[family]
 
     return make
-
-
-def make_config(family: str, embeddings, output_dir, **overrides):
-    from blade_ops.models.tiny import tiny_video_size
-    from training.config import build_config
-
-    values = dict(
-        model=f"tiny-{family}", family=family, prompt_embeddings=str(embeddings), output_dir=str(output_dir),
-        lora_rank=4, lora_alpha=4, train_batch_size=2, gradient_accumulation_steps=1, max_train_steps=3,
-        checkpointing_steps=100, validation_steps=0, mixed_precision="no", gradient_checkpointing=False, resume="",
-        asa=True, asa_overrides={"block_size": 16, "num_keep": 4}, attention_backend="torch",
-        **tiny_video_size(family),
-    )
-    values.update(overrides)
-    return build_config(values)
-
-
-def make_distiller(family: str, embeddings, output_dir, **overrides):
-    from accelerate import Accelerator
-
-    from training.distill import Distiller
-    from training.prompts import PromptEmbeddings
-
-    config = make_config(family, embeddings, output_dir, **overrides)
-    accelerator = Accelerator(cpu=True, mixed_precision="no")
-    torch.manual_seed(123)
-    return Distiller(config, tiny_bundle(family), PromptEmbeddings.open(embeddings), accelerator)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_distiller
+from training_helpers import make_distiller
 
 from training.distill import train
 from training.models import FAKE, STUDENT, TEACHER
@@ -44,7 +44,7 @@ def test_few_steps_change_only_lora(family, embeddings_folder, tmp_path):
 def test_bf16_gradient_checkpointing_and_validation_videos(embeddings_folder, tmp_path):
     """bf16 autocast (CPU) with gradient checkpointing trains; a checkpoint step writes validation mp4s."""
     from accelerate import Accelerator
-    from conftest import make_config, tiny_bundle
+    from training_helpers import make_config, tiny_bundle
 
     from blade_ops.video_io import read_mp4
     from training.distill import Distiller

@@ -4,7 +4,7 @@ loader (blade_ops.lora.apply_lora) onto a fresh base model and changes its outpu
 from __future__ import annotations
 
 import torch
-from conftest import make_distiller, tiny_bundle
+from training_helpers import make_distiller, tiny_bundle
 
 from blade_ops.lora import apply_lora, read_lora
 from training.distill import train

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_distiller
+from training_helpers import make_distiller
 
 from training import checkpoint
 from training.checkpoint import list_checkpoints, resolve_resume
