@@ -250,6 +250,9 @@ class Distiller:
                 loss = tdm.student_loss(
                     x0, x0_teacher, x0_fake, self.huber_c, normalize=self.family.name == "cogvideox"
                 )
+                # Gradient checkpointing recomputes the student's blocks during backward: its adapter and ASA
+                # processors must be active again (the teacher and fake score ran in between).
+                self.models.set_role(STUDENT)
                 acc.backward(loss / accum)
             loss_student_total += loss.detach().item() / accum
         grad_student = self._clip_and_step(STUDENT)
