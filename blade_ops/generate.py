@@ -18,7 +18,7 @@ from .families import get_family
 from .models.bundle import ModelBundle
 from .models.placement import resolve_device
 from .pipeline import GenerationRequest, prepare_model, preset_request
-from .pipeline.presets import PRESETS, _optional_api
+from .pipeline.presets import PRESETS
 from .sampling import available_samplers
 from .video_io import write_video
 
@@ -100,9 +100,6 @@ def _demo_defaults(args: argparse.Namespace) -> None:
             setattr(args, key, value)
     if not args.prompt:
         args.prompt = ["a red ball bouncing on a green street"]
-    if args.preset is None and _optional_api("blade_ops.attention", "install_asa") is None:
-        logger.warning("Demo: ASA is not available in this build; running the 8-step blade sampler dense.")
-        args.preset = "none"
 
 
 def run(argv: list[str] | None = None) -> Path:

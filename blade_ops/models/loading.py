@@ -53,6 +53,8 @@ MODEL_CLASSES = {
 }
 TEXT_ENCODER_CLASSES = {"UMT5EncoderModel": "wan", "T5EncoderModel": "cogvideox"}
 _CLASS_FOR = {v: k for k, v in MODEL_CLASSES.items()}
+# The pack's own model classes a folder may name (``_class_name``): (family, part, module).
+PACK_MODEL_CLASSES = {"PixelVAE": ("wan", "vae", "blade_ops.models.pixel_vae")}
 
 PathLike = str | Path
 ConfigLike = dict | str | Path | None
@@ -82,7 +84,12 @@ def _family_name(family: str | None) -> str | None:
     return None if family is None else get_family(family).name
 
 
-def _model_class(family: str, part: str):
+def _model_class(family: str, part: str, class_name: str | None = None):
+    """The diffusers class of a family's part, or the pack's own class a folder's config names."""
+    if class_name in PACK_MODEL_CLASSES:
+        from .pixel_vae import PixelVAE
+
+        return {"PixelVAE": PixelVAE}[class_name]
     import diffusers
 
     return getattr(diffusers, _CLASS_FOR[(family, part)])
@@ -131,6 +138,9 @@ def _classify_folder(path: Path) -> tuple[str, str]:
         if cls in MODEL_CLASSES:
             family, part = MODEL_CLASSES[cls]
             return part, family
+        if cls in PACK_MODEL_CLASSES:
+            family, part, _ = PACK_MODEL_CLASSES[cls]
+            return part, family
         arch = (cfg.get("architectures") or [None])[0]
         if arch in TEXT_ENCODER_CLASSES:
             return "text_encoder", TEXT_ENCODER_CLASSES[arch]
@@ -176,10 +186,14 @@ def _load_folder_part(path: Path, part: str, family: str | None, dtype, device) 
     if family is not None and found != family:
         raise ValueError(f"{folder} holds a {found} {part}, not a {family} one.")
     _check_folder_weights(folder)
-    cls = _model_class(found, part)
+    class_name = _read_json(folder / "config.json").get("_class_name")
+    cls = _model_class(found, part, class_name)
     module = cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True).eval()
-    matches = match_variant(found, part, structure_from_config(found, part, dict(module.config)))
-    variant = matches[0] if len(matches) == 1 else None
+    if class_name in PACK_MODEL_CLASSES:
+        variant = None  # not a released model: no shipped variant to match
+    else:
+        matches = match_variant(found, part, structure_from_config(found, part, dict(module.config)))
+        variant = matches[0] if len(matches) == 1 else None
     return LoadedPart(place(module, device), found, variant, str(folder))
 
 

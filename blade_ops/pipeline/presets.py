@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,13 +58,6 @@ def preset_request(name: str, family: FamilySpec, prompt: str | list[str], **ove
     return GenerationRequest(**fields)
 
 
-def _optional_api(module: str, name: str):
-    """``module.name`` when that part of the pack is in this build, else None."""
-    if importlib.util.find_spec(module) is None:
-        return None
-    return getattr(importlib.import_module(module), name, None)
-
-
 def prepare_model(
     bundle: ModelBundle,
     preset: str,
@@ -78,24 +69,23 @@ def prepare_model(
 ) -> ModelBundle:
     """Make ``bundle``'s transformer ready for ``preset``: ASA first, then the LoRA (the order BLADE trained in).
 
-    Modifies the transformer in place and returns the bundle. Raises RuntimeError naming what is missing when this
-    build lacks ASA or LoRA support, rather than silently running dense.
+    Without ``asa_config``, a LoRA that records the ASA settings it was distilled with (``blade.asa`` metadata,
+    written by ``training.distill``) gets those; otherwise the family's paper settings apply.
+    Modifies the transformer in place and returns the bundle.
     """
+    from ..attention import ASAConfig, install_asa
+    from ..lora import apply_lora, read_lora
+
     p = get_preset(preset)
     bundle.require("transformer")
+    if lora is not None:
+        lora = read_lora(lora)
+        if p.sparse and asa_config is None and lora.info.asa:
+            asa_config = ASAConfig.from_dict(lora.info.asa)
+            logger.info("ASA settings from the LoRA's metadata: %s", asa_config)
     if p.sparse:
-        install_asa = _optional_api("blade_ops.attention", "install_asa")
-        if install_asa is None:
-            raise RuntimeError(
-                f"ASA not available in this build (blade_ops.attention.install_asa is missing), so preset "
-                f"{preset!r} cannot run sparse. Use preset 'baseline', or run the blade sampler dense (CLI: --preset "
-                "none; Python: GenerationRequest(sampler='blade') without prepare_model)."
-            )
         install_asa(bundle.transformer, asa_config, backend)
     if lora is not None:
-        apply_lora = _optional_api("blade_ops.lora", "apply_lora")
-        if apply_lora is None:
-            raise RuntimeError("LoRA loading not available in this build (blade_ops.lora.apply_lora is missing).")
         apply_lora(bundle.transformer, lora, strength=lora_strength)
     elif p.expects_lora:
         logger.warning(

@@ -3,6 +3,9 @@ usable, clear errors for bad requests, and the preset switch."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -114,12 +117,16 @@ def test_preset_requests():
         preset_request("fast", WAN, "a cat")
 
 
-def test_blade_preset_without_asa_is_a_clear_error(tiny_bundle, monkeypatch):
-    from blade_ops.pipeline import presets
+def test_blade_preset_takes_asa_settings_from_the_lora_metadata():
+    """The shipped toy LoRA records the ASA settings it was distilled with (16-token blocks); the preset uses them."""
+    from blade_ops.attention import get_asa_handle
+    from blade_ops.models import load_model_bundle
 
-    monkeypatch.setattr(presets, "_optional_api", lambda module, name: None)
-    with pytest.raises(RuntimeError, match="ASA not available in this build"):
-        prepare_model(tiny_bundle("wan"), "blade")
+    assets = Path(__file__).resolve().parents[2] / "training" / "toy" / "assets"
+    bundle = load_model_bundle(assets / "toy-wan", parts=("transformer",), dtype=torch.float32)
+    prepare_model(bundle, "blade", lora=assets / "toy_blade_lora.safetensors")
+    config = get_asa_handle(bundle.transformer).config
+    assert (config.block_size, config.num_keep) == (16, 8)
 
 
 def test_blade_preset_installs_asa_steps_it_and_applies_lora(tiny_folder, monkeypatch):
@@ -130,6 +137,7 @@ def test_blade_preset_installs_asa_steps_it_and_applies_lora(tiny_folder, monkey
 
     bundle = load_model_bundle(tiny_folder("wan"), dtype=torch.float32)
     order = []
+    monkeypatch.setattr(blade_ops.lora, "read_lora", lambda path: SimpleNamespace(info=SimpleNamespace(asa=None)))
     monkeypatch.setattr(
         blade_ops.lora, "apply_lora",
         lambda transformer, path, strength: order.append(("lora", get_asa_handle(transformer) is not None, strength)),

@@ -2,8 +2,8 @@
 
 Each clip is described by "a {colour} {shape} moving {direction}" (9 x 3 x 4 = 108 prompts, words from
 blade_ops.models.tiny.TINY_VOCAB_WORDS). Clips are rendered directly at the latent resolution of the toy "pixel"
-VAE (one value per 8x8 pixel cell and per group of 4 frames, see training/toy/vae.py), so the VAE round trip is
-exact and the whole quality budget goes to the transformer. Rendering is vectorised torch, on any device.
+VAE (one value per 8x8 pixel cell and per group of 4 frames, see blade_ops/models/pixel_vae.py), so the VAE round
+trip is exact and the whole quality budget goes to the transformer. Rendering is vectorised torch, on any device.
 """
 
 from __future__ import annotations

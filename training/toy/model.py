@@ -15,9 +15,9 @@ import torch
 
 from blade_ops.families import WAN
 from blade_ops.models.bundle import ModelBundle
+from blade_ops.models.pixel_vae import PixelVAE
 
 from .domain import ToyGeometry
-from .vae import PixelVAE
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def save_toy_folder(bundle: ModelBundle, spec: ToySpec, path: str | Path, dtype:
     UniPCMultistepScheduler.from_config(bundle.scheduler_config).save_pretrained(path / "scheduler")
     index = {
         "_class_name": "WanPipeline", "_diffusers_version": "0.42.1",
-        "transformer": ["diffusers", "WanTransformer3DModel"], "vae": ["training.toy.vae", "PixelVAE"],
+        "transformer": ["diffusers", "WanTransformer3DModel"], "vae": ["blade_ops.models.pixel_vae", "PixelVAE"],
         "text_encoder": ["transformers", "UMT5EncoderModel"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
         "scheduler": ["diffusers", "UniPCMultistepScheduler"],
     }
@@ -102,22 +102,11 @@ def save_toy_folder(bundle: ModelBundle, spec: ToySpec, path: str | Path, dtype:
 
 
 def load_toy_bundle(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """(bundle, spec) of a saved toy folder; the transformer comes through blade_ops' loader."""
-    from diffusers import WanTransformer3DModel
-    from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
+    """(bundle, spec) of a saved toy folder, loaded by blade_ops' loader like any Wan diffusers folder."""
+    from blade_ops.models import load_model_bundle
 
     path = Path(path)
     spec = ToySpec(**json.loads((path / "toy_spec.json").read_text()))
-    try:
-        from blade_ops.models import load_model_bundle
-
-        bundle = load_model_bundle(path, family="wan", parts=("transformer",), dtype=dtype, device=device)
-    except (ValueError, RuntimeError, OSError):  # a loader that refuses the custom VAE entry of model_index.json
-        transformer = WanTransformer3DModel.from_pretrained(path / "transformer", torch_dtype=dtype)
-        bundle = ModelBundle(family=WAN, transformer=transformer.to(device), dtype=dtype)
-    bundle.vae = PixelVAE.from_pretrained(path / "vae").to(device)
-    bundle.text_encoder = UMT5EncoderModel.from_pretrained(path / "text_encoder").to(device).eval()
-    bundle.tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
-    bundle.scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    bundle = load_model_bundle(path, family="wan", dtype=dtype, device=device)
     bundle.variant = "toy-wan"
     return bundle, spec
