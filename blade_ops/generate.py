@@ -33,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="diffusers model folder (model_index.json + transformer/, vae/, ...)")
     src.add_argument("--transformer", help="transformer single file (.safetensors), instead of --model's")
     src.add_argument("--vae", help="VAE file or folder (needed with --transformer unless --model gives it)")
-    src.add_argument("--text-encoder", help="text encoder diffusers folder (with --transformer, unless --model)")
+    src.add_argument(
+        "--text-encoder",
+        help="text encoder: diffusers folder or text_encoders .safetensors file (with --transformer, unless --model)",
+    )
     src.add_argument("--family", choices=["wan", "cogvideox"], help="model family (detected when omitted)")
     src.add_argument("--demo", action="store_true", help="use a tiny random Wan model (no weights; for smoke tests)")
     src.add_argument("--lora", help="BLADE LoRA file (.safetensors)")

@@ -543,12 +543,18 @@ def load_model_bundle(
         family = family or got.family
     if "text_encoder" in parts or "tokenizer" in parts:
         te_src = Path(text_encoder_path).expanduser() if text_encoder_path is not None else path
-        if not te_src.is_dir():
+        if text_encoder_path is not None and te_src.is_file():  # a ComfyUI text_encoders file
+            from .text_encoder_file import load_text_encoder_file
+
+            enc, tok, _ = load_text_encoder_file(te_src, dtype=dtype, device=home)
+        elif te_src.is_dir():
+            enc, tok = load_text_encoder(te_src, dtype=dtype, device=home)
+        else:
             raise ValueError(
-                f"The text encoder loads from a diffusers folder, and {te_src} is a file; pass text_encoder_path= "
-                "with a diffusers folder (or its text_encoder/ folder), or leave text_encoder/tokenizer out of parts."
+                f"{te_src} holds no text encoder: pass text_encoder_path= with a diffusers folder (or its "
+                "text_encoder/ folder) or a text_encoders .safetensors file, or leave text_encoder/tokenizer out of "
+                "parts."
             )
-        enc, tok = load_text_encoder(te_src, dtype=dtype, device=home)
         if family is not None and TEXT_ENCODER_CLASSES.get(type(enc).__name__, family) != family:
             raise ValueError(
                 f"{te_src} holds a {type(enc).__name__}, the text encoder of another family than {family}."

@@ -128,3 +128,28 @@ def test_other_files_are_refused_by_name(tmp_path):
         load_text_encoder_file(broken)
     with pytest.raises(ValueError, match="neither a folder with tokenizer_config.json nor a .model file"):
         load_text_encoder_file(broken, tokenizer=tmp_path / "missing")
+
+
+def test_model_bundle_takes_a_text_encoder_file(tmp_path, spiece_bytes, tiny_folder):
+    """``load_model_bundle(..., text_encoder_path=<file>)`` (the CLI's --text-encoder) reads ComfyUI's layout."""
+    import sentencepiece as spm
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from blade_ops.models import load_model_bundle
+    from blade_ops.models.text_encoder_file import tokenizer_from_spiece
+
+    vocab = spm.SentencePieceProcessor(model_proto=spiece_bytes).get_piece_size()
+    torch.manual_seed(5)
+    original = UMT5EncoderModel(UMT5Config(
+        vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=32,
+        relative_attention_max_distance=128, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+    )).eval()
+    tensors = comfy_layout(original)
+    tensors["spiece_model"] = torch.frombuffer(bytearray(spiece_bytes), dtype=torch.uint8)
+    path = tmp_path / "umt5_xxl_tiny.safetensors"
+    save_file(tensors, path)
+
+    bundle = load_model_bundle(tiny_folder("wan"), text_encoder_path=path, dtype=torch.float32)
+    assert bundle.sources["text_encoder"] == str(path)
+    reference = _embeds("wan", original, tokenizer_from_spiece(spiece_bytes))
+    assert torch.equal(encode_text(bundle, PROMPTS), reference)
