@@ -43,6 +43,10 @@ def text_sequence_length(bundle: ModelBundle) -> int:
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:
+    """Where the token ids must go: the input embedding's device (other blocks may be streamed, see placement)."""
+    embeddings = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+    if embeddings is not None:
+        return embeddings.weight.device
     return next(module.parameters()).device
 
 

@@ -53,7 +53,7 @@ def generate(
     logger.info("Sampling %s at %s with %s, CFG %s", family.name, size, sampler.describe(), guidance)
 
     start = time.perf_counter()
-    with on_device(bundle.text_encoder, device, offload=offload):
+    with on_device(bundle.text_encoder, device, offload=offload, stream=True):
         embeds = encode_prompts(
             bundle, request.prompts, negative, guidance=guidance.enabled, max_length=request.max_sequence_length
         )

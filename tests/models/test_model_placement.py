@@ -76,3 +76,33 @@ def test_bundle_loads_on_gpu_with_offload_none(tiny_folder):
     with off.using("transformer") as t:
         assert module_device(t).type == "cuda"
     assert module_device(off.transformer).type == "cpu"
+
+
+def test_streaming_finds_the_encoder_blocks():
+    from blade_ops.models.placement import _block_lists
+    from blade_ops.models.tiny import tiny_text_encoder
+
+    encoder = tiny_text_encoder("wan", vocab_size=50)
+    assert [id(b) for b in _block_lists(encoder)] == [id(encoder.encoder.block)]
+
+
+@pytest.mark.gpu
+def test_streamed_text_encoder_matches_whole_and_returns_to_cpu():
+    """Streaming (offload="model", stream=True) gives the same embeddings as the encoder moved whole, each block
+    visits the GPU only for its own forward, and everything is back on the CPU afterwards."""
+    from blade_ops.models.tiny import tiny_text_encoder
+
+    encoder = tiny_text_encoder("wan", vocab_size=50)
+    ids = torch.randint(3, 50, (2, 16))
+    with on_device(encoder, "cuda", offload="model") as whole:
+        reference = whole(ids.cuda()).last_hidden_state.cpu()
+    seen = []
+    hook = encoder.encoder.block[1].register_forward_hook(
+        lambda b, a, o: seen.append((module_device(encoder.encoder.block[0]).type, module_device(b).type))
+    )
+    with on_device(encoder, "cuda", offload="model", stream=True) as streamed:
+        out = streamed(ids.cuda()).last_hidden_state.cpu()
+    hook.remove()
+    assert seen == [("cpu", "cuda")]  # block 0 already went back when block 1 ran
+    assert torch.allclose(out, reference, atol=1e-6)
+    assert {p.device.type for p in encoder.parameters()} == {"cpu"}
