@@ -5,7 +5,13 @@ The models are built with random weights from the full-size configs shipped in b
 text encoders from the UMT5-XXL / T5-XXL geometry below), so no download is needed; timings do not depend on the
 weights. The BLADE LoRA is left out: merged, it costs nothing at run time.
 
+``--compile`` compiles every transformer block (blade_ops.pipeline.compile) for both presets, before the
+baseline's warm-up (installing ASA for blade afterwards makes the blocks recompile once, in blade's warm-up). All
+compilation happens in the untimed warm-up runs, whose duration is reported (warm-up (s)); the timed run must not
+compile anything new (``new_graphs_timed`` in the JSON, a warning otherwise).
+
     python benchmarks/end_to_end.py --variant wan2.1-t2v-1.3b --write-docs
+    python benchmarks/end_to_end.py --variant wan2.1-t2v-1.3b --compile --json runs/e2e_wan_compiled.json
     python benchmarks/end_to_end.py --variant cogvideox-5b --baseline-steps 50 --json runs/e2e_cog.json
 """
 
@@ -40,6 +46,7 @@ from blade_ops.pipeline import (  # noqa: E402
     prepare_latents,
     prepare_model,
 )
+from blade_ops.pipeline.compile import COMPILE_MODES, compile_transformer  # noqa: E402
 from blade_ops.sampling import make_sampler  # noqa: E402
 from blade_ops.text import encode_prompts  # noqa: E402
 
@@ -131,6 +138,13 @@ def mean_density(bundle: ModelBundle) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (to check that the timed run compiles nothing)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def run_preset(bundle: ModelBundle, preset: str, size: dict, steps: int | None, args) -> dict:
     family = bundle.family
     p = get_preset(preset)
@@ -151,10 +165,22 @@ def run_preset(bundle: ModelBundle, preset: str, size: dict, steps: int | None, 
             "peak_vae_gib": m_vae, "asa_density": mean_density(bundle),
         }
 
-    logger.info("warm-up %s", preset)
+    logger.info("warm-up %s%s", preset, " (compiles the transformer blocks)" if args.compile else "")
+    _sync()
+    start = time.perf_counter()
     once(args.warmup_steps)
-    logger.info("timing %s", preset)
-    return once(steps)
+    _sync()
+    warmup_s = time.perf_counter() - start
+    logger.info("timing %s (warm-up took %.1f s)", preset, warmup_s)
+    graphs = compiled_graphs()
+    result = once(steps)
+    result.update(warmup_s=warmup_s, new_graphs_timed=compiled_graphs() - graphs)
+    if result["new_graphs_timed"]:
+        logger.warning(
+            "%s: %d graphs were compiled during the timed run, so its time includes compilation (see which guard "
+            "failed with TORCH_LOGS=recompiles)", preset, result["new_graphs_timed"],
+        )
+    return result
 
 
 def render_markdown(results: dict, command: str) -> str:
@@ -165,11 +191,13 @@ def render_markdown(results: dict, command: str) -> str:
         f"{results['variant']}, {results['size']['frames']}x{results['size']['height']}x{results['size']['width']},"
         f" {env['dtype']}, {env['gpu']}, torch {env['torch']}, diffusers {env['diffusers']}; random weights; "
         f"VAE tiling {'on' if results['vae_tiling'] else 'off'}; dense SDPA {results['dense_sdpa']}; "
-        f"ASA backend {results.get('asa_backend', '-')}. Ratios are taken within this one run.",
+        f"ASA backend {results.get('asa_backend', '-')}; transformer blocks compiled: "
+        f"{results.get('compile') or 'no'}. Ratios are taken within this one run. Warm-up: the untimed "
+        f"{results.get('warmup_steps', '-')}-step run before each timed one, which includes any compilation.",
         "",
         "| preset | steps | CFG | text enc (s) | denoise (s) | per step (s) | VAE decode (s) | total (s) | peak (GiB) "
-        "| ASA density | denoise speed-up | end-to-end speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ASA density | denoise speed-up | end-to-end speed-up | warm-up (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = results["presets"].get("baseline")
     for name, r in results["presets"].items():
@@ -178,7 +206,8 @@ def render_markdown(results: dict, command: str) -> str:
         density = "dense" if r.get("asa_density") is None else f"{r['asa_density']:.3f}"
         lines.append(
             f"| {name} | {r['steps']} | {r['cfg']:g} | {r['text_s']:.2f} | {r['denoise_s']:.2f} | {r['step_s']:.3f} "
-            f"| {r['vae_s']:.2f} | {r['total_s']:.2f} | {r['peak_gib']:.1f} | {density} | {den} | {speed} |"
+            f"| {r['vae_s']:.2f} | {r['total_s']:.2f} | {r['peak_gib']:.1f} | {density} | {den} | {speed} "
+            f"| {r['warmup_s']:.1f} |"
         )
     lines += ["", f"Command: `{command}`", ""]
     return "\n".join(lines)
@@ -212,6 +241,9 @@ def main() -> None:
     parser.add_argument("--dense-sdpa", default="cudnn", choices=["cudnn", "flash", "default"],
                         help="dense SDPA kernel order for the baseline and for the attention ASA leaves dense")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each transformer block, for every preset (compiled in the warm-up)")
+    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--markdown", help="also write the markdown table here")
     parser.add_argument("--write-docs", action="store_true", help="update 'End to end' in docs/BENCHMARKS.md")
@@ -227,7 +259,8 @@ def main() -> None:
 
     results = {
         "variant": args.variant, "size": size, "vae_tiling": args.vae_tiling, "presets": {},
-        "dense_sdpa": args.dense_sdpa,
+        "dense_sdpa": args.dense_sdpa, "warmup_steps": args.warmup_steps,
+        "compile": f"mode {args.compile_mode}" if args.compile else None,
         "env": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "diffusers": diffusers.__version__,
                 "dtype": args.dtype},
     }
@@ -237,6 +270,8 @@ def main() -> None:
         if get_preset(preset).sparse:
             prepare_model(bundle, preset, backend=args.asa_backend)
             results["asa_backend"] = get_asa_handle(bundle.transformer).backend
+        if args.compile:  # no-op after the first preset; ASA installed since then recompiles in its warm-up
+            compile_transformer(bundle.transformer, mode=args.compile_mode)
         with dense_sdpa_context(args.dense_sdpa):
             results["presets"][preset] = run_preset(bundle, preset, size, steps.get(preset), args)
         logger.info("%s: %s", preset, json.dumps(results["presets"][preset]))

@@ -96,6 +96,10 @@ class _ASAProcessorBase:
         self.handle = handle
         self.layer = layer
 
+    # Never traced by torch.compile: the step and layer index it reads would specialise a compiled block per layer
+    # and per step (hitting dynamo's recompile limit), and ASA's data-dependent block selection breaks graphs. A
+    # compiled block (blade_ops.pipeline.compile) breaks its graph here and ASA runs its own compiled kernels.
+    @torch.compiler.disable
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_text: int, text_first: bool):
         handle = self.handle
         if handle.is_dense(self.layer):

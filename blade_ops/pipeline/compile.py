@@ -1,0 +1,79 @@
+"""Regional compilation of a Wan or CogVideoX transformer: ``torch.compile`` on each transformer block.
+
+The blocks of a model are identical modules, so dynamo traces one block once and every other block reuses that
+compiled code (the parameters are graph inputs): compile time is that of one block, not of the whole model, and
+the code outside the blocks (patch embedding, timestep and rotary embeddings, the forward pre-hook that tells ASA
+the video grid) stays eager. Inside a block, inductor fuses what is not attention: norms, modulation, rotary
+embedding, projections with their bias and activation, the feed-forward network.
+
+ASA's attention call (``_ASAProcessorBase._attend``) is excluded from tracing (``torch.compiler.disable``): the
+compiled block breaks its graph there and ASA runs eagerly with its own compiled kernels (FlexAttention, Triton
+estimate). Traced, it would specialise the block per layer index and per sampling step and hit dynamo's recompile
+limit. Attention processors are attributes read at call time, so swapping them after compiling (installing or
+removing ASA) makes the blocks recompile on their next call; loading or removing a peft LoRA (new modules) does
+too. Order that compiles once: ASA, then the LoRA, then :func:`compile_transformer`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["COMPILE_MODES", "compile_transformer", "is_compiled"]
+
+# torch.compile's modes. "reduce-overhead" (CUDA graphs) is accepted but not what the blocks are meant for: each
+# graph piece around ASA's eager attention would be a separate CUDA graph whose outputs are overwritten on replay.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_OPTIONS_ATTR = "_blade_compile_options"
+_BLOCK_LISTS = {"WanTransformer3DModel": "blocks", "CogVideoXTransformer3DModel": "transformer_blocks"}
+
+
+def _blocks(transformer: nn.Module) -> nn.ModuleList:
+    """The repeated transformer blocks of a Wan (``blocks``) or CogVideoX (``transformer_blocks``) model."""
+    for cls in type(transformer).__mro__:
+        attr = _BLOCK_LISTS.get(cls.__name__)
+        if attr is not None:
+            blocks = getattr(transformer, attr, None)
+            if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+                return blocks
+    raise ValueError(
+        f"compile_transformer supports {', '.join(_BLOCK_LISTS)} (a non-empty {' / '.join(_BLOCK_LISTS.values())} "
+        f"list); got {type(transformer).__name__}."
+    )
+
+
+def _block_compiled(block: nn.Module) -> bool:
+    return getattr(block, "_compiled_call_impl", None) is not None
+
+
+def is_compiled(transformer: nn.Module) -> bool:
+    """Whether every transformer block of ``transformer`` is compiled (by :func:`compile_transformer`)."""
+    return all(_block_compiled(block) for block in _blocks(transformer))
+
+
+def compile_transformer(transformer: nn.Module, *, mode: str = "default", dynamic: bool | None = False) -> None:
+    """Compile each transformer block of a Wan / CogVideoX ``transformer`` in place (``block.compile``).
+
+    Compilation itself happens lazily, at the first forward (and again for each new input shape when
+    ``dynamic=False``), so time a warm-up call separately. Calling again with the same options does nothing;
+    with other options the blocks are compiled again. Install ASA and apply LoRAs first: doing it afterwards
+    works but recompiles the blocks at their next call. Changing a peft LoRA's strength
+    (:func:`blade_ops.lora.set_lora_strength`) recompiles too (the scale is a Python float in the graph); a
+    merged LoRA does not (weights are graph inputs).
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"mode={mode!r} is not a torch.compile mode; valid: {', '.join(COMPILE_MODES)}.")
+    if dynamic not in (True, False, None):
+        raise ValueError(f"dynamic={dynamic!r} must be True, False or None (torch.compile's automatic dynamic).")
+    blocks = _blocks(transformer)
+    options = {"mode": mode, "dynamic": dynamic}
+    if is_compiled(transformer) and getattr(transformer, _OPTIONS_ATTR, None) == options:
+        logger.debug("%s blocks already compiled with %s", type(transformer).__name__, options)
+        return
+    for block in blocks:
+        block.compile(**options)
+    setattr(transformer, _OPTIONS_ATTR, options)
+    logger.info("Compiled %d %s blocks (mode=%s, dynamic=%s)", len(blocks), type(transformer).__name__, mode, dynamic)
