@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", choices=sorted(DTYPES), help="weights dtype (default: bfloat16 on GPU, float32 on CPU)",
     )
     dev.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
+    dev.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile each transformer block (faster steps; the first video also pays for compiling)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -131,6 +135,10 @@ def run(argv: list[str] | None = None) -> Path:
     else:
         prepare_model(bundle, args.preset, lora=args.lora, lora_strength=args.lora_strength)
         request = preset_request(args.preset, bundle.family, args.prompt, **options)
+    if args.compile:  # after ASA and the LoRA, so the blocks compile once
+        from .pipeline.compile import compile_transformer
+
+        compile_transformer(bundle.transformer)
     result = _generate_with_progress(bundle, request, device)
     return _save(result, request, args, bundle)
 
