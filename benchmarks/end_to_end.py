@@ -10,7 +10,7 @@ baseline's warm-up (installing ASA for blade afterwards makes the blocks recompi
 compilation happens in the untimed warm-up runs, whose duration is reported (warm-up (s)); the timed run must not
 compile anything new (``new_graphs_timed`` in the JSON, a warning otherwise).
 
-    python benchmarks/end_to_end.py --variant wan2.1-t2v-1.3b --write-docs
+    python benchmarks/end_to_end.py --variant wan2.1-t2v-1.3b --markdown runs/e2e_wan.md
     python benchmarks/end_to_end.py --variant wan2.1-t2v-1.3b --compile --json runs/e2e_wan_compiled.json
     python benchmarks/end_to_end.py --variant cogvideox-5b --baseline-steps 50 --json runs/e2e_cog.json
 """
@@ -186,7 +186,7 @@ def run_preset(bundle: ModelBundle, preset: str, size: dict, steps: int | None, 
 def render_markdown(results: dict, command: str) -> str:
     env = results["env"]
     lines = [
-        f"### {results['variant']}",
+        f"#### {results['variant']}",
         "",
         f"{results['variant']}, {results['size']['frames']}x{results['size']['height']}x{results['size']['width']},"
         f" {env['dtype']}, {env['gpu']}, torch {env['torch']}, diffusers {env['diffusers']}; random weights; "
@@ -213,19 +213,6 @@ def render_markdown(results: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_docs_section(md: str, path: Path) -> None:
-    """Replace (or append) this variant's table under "## End to end" in ``path``, leaving the rest alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(md.splitlines()[0] + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + md
-    else:
-        nxt = min((i for i in (text.find("\n## ", start + 1), text.find("\n### ", start + 1)) if i >= 0), default=-1)
-        text = text[:start] + md + (text[nxt + 1 :] if nxt >= 0 else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="wan2.1-t2v-1.3b", help="a shipped variant, e.g. cogvideox-5b")
@@ -246,7 +233,6 @@ def main() -> None:
     parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--markdown", help="also write the markdown table here")
-    parser.add_argument("--write-docs", action="store_true", help="update 'End to end' in docs/BENCHMARKS.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not torch.cuda.is_available():
@@ -281,8 +267,6 @@ def main() -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))
-    if args.write_docs:
-        write_docs_section(md, ROOT / "docs" / "BENCHMARKS.md")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(md)
