@@ -77,7 +77,11 @@ def permute_tokens(x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -
     return x.index_select(2, perm)
 
 
-def _pool_rows(x: torch.Tensor, num_video: int, gap: int) -> torch.Tensor:
+def pool_kv(x: torch.Tensor, num_video: int, gap: int) -> torch.Tensor:
+    """Mean of every ``gap`` consecutive video tokens: x [B, H, L, D] -> [B, H, ceil(Nv/gap), D].
+
+    The last group may be shorter (it is averaged over the tokens it has).
+    """
     b, h, _, d = x.shape
     full = num_video // gap
     parts = []
@@ -100,7 +104,7 @@ class _PermuteFold(torch.autograd.Function):
             _gather(x, perm, out=buf)
         if start > length:
             buf[:, :, length:start].zero_()
-        buf[:, :, start:].copy_(_pool_rows(buf, num_video, gap))
+        buf[:, :, start:].copy_(pool_kv(buf, num_video, gap))
         ctx.save_for_backward(inverse if perm is not None else None)
         ctx.meta = (length, num_video, gap, start)
         return buf

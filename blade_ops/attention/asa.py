@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._permute import permute_and_fold, permute_tokens
+from ._permute import permute_and_fold, permute_tokens, pool_kv
 from .backends import KVBias, get_backend, resolve_backend
 from .config import ASAConfig
 from .curve import token_order
@@ -78,21 +78,6 @@ class ASAStats:
 @functools.lru_cache(maxsize=64)
 def _offsets(batch: int, heads: int, num_keep: int, block_size: int, device: torch.device) -> torch.Tensor:
     return sample_offsets(batch, heads, num_keep, block_size, device)
-
-
-def pool_kv(x: torch.Tensor, num_video: int, gap: int) -> torch.Tensor:
-    """Mean of every ``gap`` consecutive video tokens: x [B, H, L, D] -> [B, H, ceil(Nv/gap), D].
-
-    The last group may be shorter (it is averaged over the tokens it has).
-    """
-    b, h, _, d = x.shape
-    full = num_video // gap
-    parts = []
-    if full:
-        parts.append(x[:, :, : full * gap].reshape(b, h, full, gap, d).mean(dim=3))
-    if num_video - full * gap:
-        parts.append(x[:, :, full * gap : num_video].mean(dim=2, keepdim=True))
-    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
 def global_bias(num_video: int, gap: int) -> tuple[float, int]:
