@@ -10,7 +10,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PACK_NAME = "blade_pack"
+# blade_tiny_files: tiny models in a folder laid out like ComfyUI's models folder (nodes, workflows, server)
+sys.path.insert(0, str(ROOT / "tests" / "nodes"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,17 +22,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def pack():
-    """The repository root imported as a package, as ComfyUI's custom-node loader does."""
-    if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(
-        PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-    )
+def workflow_builder():
+    """workflows/build_workflows.py, the script that writes the example workflows (it imports the pack too)."""
+    spec = importlib.util.spec_from_file_location("build_workflows", ROOT / "workflows" / "build_workflows.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
+    sys.modules["build_workflows"] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def pack(workflow_builder):
+    """The repository root imported as a package, as ComfyUI's custom-node loader does."""
+    return workflow_builder.load_pack()
 
 
 @pytest.fixture(scope="session", params=["wan", "cogvideox"])
@@ -52,3 +55,20 @@ def tiny_folder(tmp_path_factory):
         return cache[family]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """ComfyUI-style models folder with tiny Wan and CogVideoX models and LoRAs, written once per session."""
+    from blade_tiny_files import populate_models_dir
+
+    return populate_models_dir(tmp_path_factory.mktemp("comfy_models"))
+
+
+@pytest.fixture
+def comfy_env(models_dir, tmp_path, monkeypatch) -> Path:
+    """Point the nodes' no-ComfyUI fallback at the tiny models and a fresh output folder; returns the output folder."""
+    out = tmp_path / "output"
+    monkeypatch.setenv("BLADE_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("BLADE_OUTPUT_DIR", str(out))
+    return out

@@ -7,7 +7,6 @@ on tiny models, the way ComfyUI's executor would, and look at the mp4 it writes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,19 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
 # Core ComfyUI node types our workflows may use: socket inputs and outputs, widget names in order.
 CORE_NODES = {"Note": {"inputs": [], "outputs": [], "widgets": ["text"], "api": False}}
-
-
-def _builder():
-    spec = importlib.util.spec_from_file_location("build_workflows", WORKFLOWS / "build_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_workflows"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def builder(pack):
-    return _builder()
 
 
 def _names(suffix: str) -> list[str]:
@@ -47,11 +33,11 @@ def test_every_family_and_mode_is_there():
     assert {n.removesuffix(".api.json") for n in API_FILES} == stems
 
 
-def test_committed_json_matches_the_script(builder):
-    built = builder.build_all()
+def test_committed_json_matches_the_script(workflow_builder):
+    built = workflow_builder.build_all()
     assert sorted(built) == sorted(UI_FILES + API_FILES)
     for name, obj in built.items():
-        assert (WORKFLOWS / name).read_text() == builder.dumps(obj), f"{name} is stale: run the build script"
+        assert (WORKFLOWS / name).read_text() == workflow_builder.dumps(obj), f"{name} is stale: run the build script"
 
 
 def _signature(builder, class_type: str) -> dict:
@@ -61,7 +47,7 @@ def _signature(builder, class_type: str) -> dict:
 
 
 @pytest.mark.parametrize("name", UI_FILES)
-def test_ui_workflow_is_a_valid_graph(pack, builder, name):
+def test_ui_workflow_is_a_valid_graph(pack, workflow_builder, name):
     wf = json.loads((WORKFLOWS / name).read_text())
     assert wf["version"] == 0.4
     nodes = {n["id"]: n for n in wf["nodes"]}
@@ -72,7 +58,7 @@ def test_ui_workflow_is_a_valid_graph(pack, builder, name):
     assert notes and all("models/" in t and "diffusers/" in t for t in notes)
     for node in nodes.values():
         assert node["type"] in pack.NODE_CLASS_MAPPINGS or node["type"] in CORE_NODES, node["type"]
-        sig = _signature(builder, node["type"])
+        sig = _signature(workflow_builder, node["type"])
         assert len(node["widgets_values"]) == len(sig["widgets"]), node["type"]
         assert [(i["name"], i["type"]) for i in node["inputs"]] == [tuple(x) for x in sig["inputs"]]
         assert [(o["name"], o["type"]) for o in node["outputs"]] == [tuple(x) for x in sig["outputs"]]
@@ -110,7 +96,7 @@ def test_ui_workflow_is_a_valid_graph(pack, builder, name):
 
 
 @pytest.mark.parametrize("name", API_FILES)
-def test_api_workflow_matches_its_ui_twin(pack, builder, name):
+def test_api_workflow_matches_its_ui_twin(pack, workflow_builder, name):
     api = json.loads((WORKFLOWS / name).read_text())
     ui = json.loads((WORKFLOWS / name.replace(".api.json", ".json")).read_text())
     ui_nodes = {str(n["id"]): n for n in ui["nodes"] if n["type"] not in ("Note",)}
