@@ -41,16 +41,6 @@ class FamilySpec:
     def latent_frames(self, frames: int) -> int:
         return (frames - 1) // self.vae_temporal_stride + 1
 
-    def token_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """(T, H, W) of the transformer's video tokens for a checked video size."""
-        check_video_size(self, width=width, height=height, frames=frames)
-        t = self.latent_frames(frames)
-        return (
-            -(-t // self.patch_t),
-            height // self.vae_spatial_stride // self.patch_hw,
-            width // self.vae_spatial_stride // self.patch_hw,
-        )
-
 
 WAN = FamilySpec(
     name="wan",

@@ -148,14 +148,6 @@ def torch_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def offload_device() -> torch.device:
-    """Where idle models wait: ComfyUI's unet offload device, else CPU."""
-    mm = _optional("comfy.model_management")
-    if mm is not None:
-        return mm.unet_offload_device()
-    return torch.device("cpu")
-
-
 def free_comfy_memory() -> None:
     """Unload ComfyUI's own models and empty its cache before our models go to the GPU."""
     mm = _optional("comfy.model_management")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -234,11 +234,3 @@ def load_config(config_path: str | None, overrides: list[str] | dict[str, Any] |
         overrides = parse_overrides(overrides)
     values.update(overrides or {})
     return build_config(values)
-
-
-def default_of(name: str) -> Any:
-    """The default value of one field (for docs and tests)."""
-    for f in fields(DistillConfig):
-        if f.name == name:
-            return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-    raise KeyError(name)

@@ -87,9 +87,6 @@ class TDMModels(nn.Module):
             raise RuntimeError(f"No LoRA parameters found for adapter {adapter!r}.")
         return params
 
-    def base_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.transformer.named_parameters() if "lora_" not in n]
-
     # ---- roles -----------------------------------------------------------------------------------------------
     def set_role(self, role: str) -> None:
         """Activate a role's adapter and attention (sparse for student/fake, dense for the teacher)."""

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..families import FamilySpec
@@ -92,8 +92,3 @@ def prepare_model(
             "Preset %r without a BLADE LoRA: the base model in 8 steps without CFG gives blurry videos.", preset
         )
     return bundle
-
-
-def with_overrides(request: GenerationRequest, **changes) -> GenerationRequest:
-    """A copy of ``request`` with some fields changed (validated again)."""
-    return replace(request, **changes)

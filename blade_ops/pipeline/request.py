@@ -90,10 +90,6 @@ class GenerationRequest:
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
-    @property
-    def use_cfg(self) -> bool:
-        return self.guidance > 1.0
-
     def size(self, family: FamilySpec) -> dict[str, int]:
         """width, height, frames with the family's defaults filled in (not yet checked)."""
         default = DEFAULT_SIZES[family.name]

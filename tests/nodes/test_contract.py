@@ -7,8 +7,6 @@ import sys
 
 import pytest
 
-PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-
 
 def _node_items(pack):
     return sorted(pack.NODE_CLASS_MAPPINGS.items())

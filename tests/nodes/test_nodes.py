@@ -57,7 +57,6 @@ def comfy_stub(monkeypatch):
     mm.unload_all_models = lambda: calls["unload"].append("unload_all_models")
     mm.soft_empty_cache = lambda force=False: calls["unload"].append("soft_empty_cache")
     mm.get_torch_device = lambda: torch.device("cpu")
-    mm.unet_offload_device = lambda: torch.device("cpu")
     utils = types.ModuleType("comfy.utils")
     utils.ProgressBar = ProgressBar
     comfy = types.ModuleType("comfy")
