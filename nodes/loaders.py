@@ -28,14 +28,19 @@ FAMILY_TOOLTIP = "Model family. 'auto' reads it from the file's tensor names; se
 DTYPE_TOOLTIP = "Weight dtype: bf16 (what the released models use), fp16, or fp32 (twice the memory, for checks)."
 
 
+def _torch_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype of a ``dtype`` choice; ValueError naming the valid ones."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {DTYPE_CHOICES}.")
+    return DTYPES[dtype]
+
+
 def _load(path, parts: tuple[str, ...], family: str, dtype: str):
     """A ModelBundle holding ``parts`` read from ``path``, on the CPU until a node needs it on the GPU."""
     from ..blade_ops.models import load_model_bundle
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of {DTYPE_CHOICES}.")
     return load_model_bundle(
-        path, family=None if family == "auto" else family, parts=parts, dtype=DTYPES[dtype], device="cpu"
+        path, family=None if family == "auto" else family, parts=parts, dtype=_torch_dtype(dtype), device="cpu"
     )
 
 
@@ -45,14 +50,13 @@ def _load_text_encoder_file(path, family: str, dtype: str):
     from ..blade_ops.models import ModelBundle
     from ..blade_ops.models.text_encoder_file import load_text_encoder_file
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of {DTYPE_CHOICES}.")
-    encoder, tokenizer, found = load_text_encoder_file(path, dtype=DTYPES[dtype], device="cpu")
+    torch_dtype = _torch_dtype(dtype)
+    encoder, tokenizer, found = load_text_encoder_file(path, dtype=torch_dtype, device="cpu")
     if family != "auto" and family != found:
         kinds = {"wan": "UMT5 (e.g. umt5_xxl_fp16.safetensors)", "cogvideox": "T5 v1.1 XXL (e.g. t5xxl_fp16)"}
         raise ValueError(f"{path.name} is a {kinds[found]} encoder, which is {found}'s; {family} needs "
                          f"{kinds[family]}. Pick another file or set family to auto.")
-    return ModelBundle(get_family(found), text_encoder=encoder, tokenizer=tokenizer, dtype=DTYPES[dtype],
+    return ModelBundle(get_family(found), text_encoder=encoder, tokenizer=tokenizer, dtype=torch_dtype,
                        sources={"text_encoder": str(path), "tokenizer": str(path)})
 
 
