@@ -9,9 +9,8 @@ import torch
 
 from blade_ops.attention import ASAConfig, get_asa_handle, install_asa, remove_asa
 from blade_ops.models.tiny import tiny_transformer
+from tests.common import ALL_KEPT, SPARSE
 
-ALL_KEPT = ASAConfig(block_size=16, num_keep=4, tau=1.0, min_ratio=1.0, max_ratio=1.0, sample_gap=4)
-SPARSE = ASAConfig(block_size=16, num_keep=4, tau=0.5, min_ratio=0.2, max_ratio=0.3, sample_gap=4)
 FRAMES, HEIGHT, WIDTH = 3, 12, 20  # latent size -> grid (3, 6, 10), 180 video tokens
 
 

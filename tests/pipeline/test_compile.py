@@ -6,19 +6,21 @@ step index is read at call time without recompiling per step; compiling twice is
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from blade_ops.attention import ASAConfig, get_asa_handle, install_asa
-from blade_ops.lora import apply_lora, save_lora, set_lora_strength
+from blade_ops.attention import get_asa_handle, install_asa
+from blade_ops.lora import apply_lora, set_lora_strength
 from blade_ops.models.tiny import tiny_transformer
 from blade_ops.pipeline.compile import compile_transformer, is_compiled
+from tests.common import ALL_KEPT, attention_lora
+from tests.common import SPARSE as SPARSE_BASE
 
-ALL_KEPT = ASAConfig(block_size=16, num_keep=4, tau=1.0, min_ratio=1.0, max_ratio=1.0, sample_gap=4)
 # first step dense, then at most 1 of 2 (Wan) / 3 (CogVideoX) key blocks per row plus the global branch
-SPARSE = ASAConfig(block_size=16, num_keep=4, tau=0.5, min_ratio=0.2, max_ratio=0.3, sample_gap=4, dense_steps=1)
+SPARSE = replace(SPARSE_BASE, dense_steps=1)
 FRAMES, HEIGHT, WIDTH = 2, 8, 8  # latent size -> a (2, 4, 4) token grid: the smallest shapes keep compiling short
 TOL = 1e-5
 
@@ -58,17 +60,6 @@ def _set_step(models, step: int) -> None:
 
 def _graphs() -> int:
     return counters["stats"]["unique_graphs"]
-
-
-def _lora(model: torch.nn.Module, path) -> str:
-    """A random rank-4 LoRA on every attention projection, written in BLADE's format."""
-    g = torch.Generator().manual_seed(1)
-    state = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.endswith((".to_q", ".to_k", ".to_v", ".to_out.0")):
-            state[f"{name}.lora_A.weight"] = torch.randn(4, module.in_features, generator=g) * 0.3
-            state[f"{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=g) * 0.3
-    return str(save_lora(path / "lora.safetensors", state, {"rank": 4, "alpha": 2.0}))
 
 
 def test_errors():
@@ -118,7 +109,7 @@ def test_cogvideox_asa_and_lora_before_compiling(tmp_path):
     """The documented order (ASA, LoRA, compile); a strength change recompiles and is applied."""
     family = "cogvideox"
     eager, compiled = _pair(family)
-    path = _lora(eager, tmp_path)
+    path = attention_lora(eager, tmp_path)
     for model in (eager, compiled):
         install_asa(model, SPARSE, backend="torch")
         get_asa_handle(model).set_step(1)
