@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set up .venv and run the CPU test suite. GPU-only tests skip without CUDA; ComfyUI server tests skip unless
-# COMFYUI_PATH points at a ComfyUI checkout.
+# Set up .venv, run the CPU test suite, then lint (ruff, settings in pyproject.toml). GPU-only tests skip without
+# CUDA; ComfyUI server tests skip unless COMFYUI_PATH points at a ComfyUI checkout.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$root/scripts/setup_env.sh"
 cd "$root"
 python -m pytest -q "$@"
+ruff check .
