@@ -299,6 +299,7 @@ class Distiller:
 
     def load_checkpoint(self, path: str | Path) -> None:
         state, rng = read_checkpoint(path, self.accelerator.process_index)
+        _check_resume_config(path, state.extra.get("config"), self.config)
         params = dict(self.models.transformer.named_parameters())
         with torch.no_grad():
             for adapter in ADAPTERS:
@@ -337,6 +338,28 @@ class Distiller:
         from .validation import validation_videos
 
         return validation_videos(self)
+
+
+# Settings a checkpoint fixes: the LoRA tensors only mean the same with the same rank, alpha and targets, and the
+# optimizer state restores its own learning rate and Adam settings over the config's.
+RESUME_FIXED = (
+    "lora_rank", "lora_alpha", "lora_targets", "share_base", "learning_rate", "learning_rate_fake",
+    "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
+)
+
+
+def _check_resume_config(path: str | Path, saved: dict[str, Any] | None, config: DistillConfig) -> None:
+    """Raise ValueError naming every RESUME_FIXED setting that differs from the checkpoint's config."""
+    if not saved:
+        return
+    current = config.to_dict()
+    changed = [f"{k}: {saved[k]!r} -> {current[k]!r}" for k in RESUME_FIXED
+               if k in saved and saved[k] != current[k]]
+    if changed:
+        raise ValueError(
+            f"Checkpoint {str(path)!r} was trained with other settings ({'; '.join(changed)}); resuming would "
+            "ignore or misread them. Set them back, or start a new run (resume='' or another output_dir)."
+        )
 
 
 def _check_distributed_type(accelerator) -> None:

@@ -68,3 +68,25 @@ def test_interrupted_write_keeps_previous_checkpoint(embeddings_folder, tmp_path
         assert torch.equal(value, expected[name])
     train(fresh)  # and training goes on from it
     assert [p.name for p in list_checkpoints(tmp_path)][-1] == "checkpoint-3"
+
+
+@pytest.mark.parametrize(
+    "changed", [dict(lora_alpha=8), dict(lora_rank=8), dict(learning_rate=1e-2), dict(lora_targets=("to_q", "to_v"))],
+    ids=lambda c: next(iter(c)),
+)
+def test_resume_with_a_changed_lora_or_optimizer_setting_is_refused(embeddings_folder, tmp_path, changed):
+    """The checkpoint's LoRA tensors and optimizer state would silently override (alpha, learning rate) or not fit
+    (rank, targets) the new values: resuming says which setting changed instead."""
+    emb = embeddings_folder("wan")
+    train(make_distiller("wan", emb, tmp_path, checkpointing_steps=1, max_train_steps=1))
+    resumed = make_distiller("wan", emb, tmp_path, max_train_steps=3, **changed)
+    with pytest.raises(ValueError, match=next(iter(changed))):
+        resumed.load_checkpoint(resolve_resume(tmp_path, "latest"))
+
+
+def test_resume_with_more_steps_is_allowed(embeddings_folder, tmp_path):
+    emb = embeddings_folder("wan")
+    train(make_distiller("wan", emb, tmp_path, checkpointing_steps=1, max_train_steps=1))
+    resumed = make_distiller("wan", emb, tmp_path, max_train_steps=3, checkpointing_steps=5)
+    resumed.load_checkpoint(resolve_resume(tmp_path, "latest"))
+    assert resumed.step == 1
