@@ -32,18 +32,19 @@ def sample_offsets(
     """Sampled positions inside a block, [B, H, num_keep] int32, sorted, same for all blocks of a (b, h).
 
     Stratified: the block is cut into ``num_keep`` equal windows and one position is taken per window, jittered
-    by an integer hash of (seed, b, h, window). Deterministic (no RNG state is consumed), so a recomputation
-    under gradient checkpointing rebuilds the same mask, and it covers each block evenly.
+    by an integer hash of (seed, h, window). Deterministic (no RNG state is consumed), so a recomputation
+    under gradient checkpointing rebuilds the same mask, and it covers each block evenly. The same for every
+    sample of a batch, so a video's mask does not depend on its position in the batch (CFG halves, prompts).
     """
     if not 1 <= num_keep <= block_size:
         raise ValueError(f"num_keep={num_keep} must be in [1, block_size={block_size}].")
-    bh = torch.arange(batch * heads, device=device, dtype=torch.int64).view(batch, heads, 1)
+    bh = torch.arange(heads, device=device, dtype=torch.int64).view(1, heads, 1)
     j = torch.arange(num_keep, device=device, dtype=torch.int64).view(1, 1, num_keep)
     start = (j * block_size) // num_keep
     width = ((j + 1) * block_size) // num_keep - start
     key = (bh * 1_000_003 + j * 7919 + seed * 104_729 + 12_345) & 0xFFFFFFFF
     jitter = ((key * _HASH_MULT) & 0xFFFFFFFF) >> 16
-    return (start + jitter % width).to(torch.int32)
+    return (start + jitter % width).to(torch.int32).expand(batch, heads, num_keep).contiguous()
 
 
 def _sample_rows(x: torch.Tensor, offsets: torch.Tensor, block_size: int) -> torch.Tensor:

@@ -123,6 +123,21 @@ def test_gradients_flow_and_match_dense_when_all_kept():
     assert all(torch.isfinite(x).all() and x.abs().sum() > 0 for x in grads)
 
 
+@pytest.mark.parametrize("text", [0, TEXT])
+def test_each_sample_is_independent_of_its_batch_position(text):
+    """A video's mask and output must not depend on where it sits in the batch: with CFG the conditional half sits
+    after the unconditional one, and a second prompt moves it again, so otherwise adding a prompt changes the
+    first video."""
+    q, k, v = _qkv(b=3, text=text, seed=4, scale=1.5)
+    cfg = ASAConfig(block_size=16, num_keep=4, tau=0.5, min_ratio=0.2, max_ratio=0.3, sample_gap=4)
+    together = asa_attention(q, k, v, grid=GRID, num_text_tokens=text, config=cfg, backend="torch")
+    for i in range(3):
+        alone = asa_attention(
+            q[i : i + 1], k[i : i + 1], v[i : i + 1], grid=GRID, num_text_tokens=text, config=cfg, backend="torch"
+        )
+        assert (alone - together[i : i + 1]).abs().max() <= 1e-5
+
+
 def test_stats_record_density():
     q, k, v = _qkv()
     stats = ASAStats()
