@@ -167,7 +167,9 @@ def _targets(output: Path, count: int) -> list[Path]:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Fail before any model loads when an output would be overwritten without --overwrite."""
+    """Fail before any model loads when an output option is invalid or would overwrite without --overwrite."""
+    if Path(args.output).suffix.lower() == ".mp4" and not 0 <= args.crf <= 51:
+        raise ValueError(f"crf={args.crf} must be in 0..51 (lower is better quality; 18 is visually lossless).")
     if args.overwrite:
         return
     for target in _targets(Path(args.output), len(args.prompt)):
@@ -194,7 +196,7 @@ def _save(result, request: GenerationRequest, args: argparse.Namespace, bundle: 
 def main(argv: list[str] | None = None) -> int:
     try:
         run(argv)
-    except (ValueError, RuntimeError, FileExistsError) as err:
+    except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)  # noqa: T201 (command-line output)
         return 2
     return 0

@@ -43,3 +43,23 @@ def test_png_output_and_errors(tmp_path, capsys):
     assert "No model given" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--demo", "--sampler", "euler"])
+
+
+def test_missing_files_are_errors_not_tracebacks(tmp_path, capsys):
+    args = ["--prompt", "a", "--output", str(tmp_path / "x.mp4")]
+    assert main(["--model", str(tmp_path / "no_model"), *args]) == 2
+    assert "Model path not found" in capsys.readouterr().err
+    assert main(["--demo", "--lora", str(tmp_path / "no_lora.safetensors"), "--steps", "1", *args]) == 2
+    assert "LoRA file not found" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_bad_crf_fails_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import blade_ops.generate as cli
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output options were checked")
+
+    monkeypatch.setattr(cli, "load_bundle", no_loading)
+    assert main(["--demo", "--output", str(tmp_path / "x.mp4"), "--crf", "99"]) == 2
+    assert "crf=99 must be in 0..51" in capsys.readouterr().err
