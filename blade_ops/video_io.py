@@ -227,7 +227,8 @@ def write_png_frames(
     prefix: str = "frame_",
 ) -> Path:
     """Write ``folder/frame_00000.png`` ... (one per frame) into a new folder, built aside and renamed into place.
-    ``metadata`` is stored as a PNG text chunk ("comment") in every frame."""
+    ``metadata`` is stored as a PNG text chunk ("comment") in every frame. ``overwrite`` replaces a folder of earlier
+    frames; a folder that holds other files is never replaced."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
@@ -237,6 +238,14 @@ def write_png_frames(
         raise _exists_error(folder)
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} exists and is not a folder.")
+    if folder.exists():  # overwrite replaces earlier frames only, never a folder holding other files
+        others = [p.name for p in folder.iterdir() if not (p.is_file() and p.name.startswith(prefix) and
+                                                           p.suffix == ".png")]
+        if others:
+            raise FileExistsError(
+                f"{folder} holds not only frames (e.g. {', '.join(sorted(others)[:3])}); overwrite replaces a "
+                f"folder of {prefix}*.png frames only. Choose a new folder."
+            )
     folder.parent.mkdir(parents=True, exist_ok=True)
     info = None
     text = _metadata_text(metadata)

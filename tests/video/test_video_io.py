@@ -82,6 +82,18 @@ def test_png_frames(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_png_overwrite_never_deletes_other_files(tmp_path):
+    """overwrite=True replaces an earlier set of frames, never a folder that holds anything else (a user's
+    outputs folder given as the target by mistake)."""
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    (folder / "earlier_video.mp4").write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match="not only frames"):
+        write_png_frames(torch.rand(2, 16, 16, 3), folder, overwrite=True)
+    assert (folder / "earlier_video.mp4").read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
+
+
 def test_odd_sizes_and_grey_and_dispatch(tmp_path):
     frames, _ = read_mp4(write_video(torch.rand(3, 33, 47, 1), tmp_path / "odd.mp4", fps=8))
     assert frames.shape == (3, 34, 48, 3)  # padded to even for yuv420p
