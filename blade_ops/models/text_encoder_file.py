@@ -95,7 +95,17 @@ def family_of_encoder(kind: str) -> str:
     return "wan" if kind == "umt5" else "cogvideox"
 
 
-def _state_dict(path: Path, prefix: str, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+def _fp32_modules(model_cls, dtype: torch.dtype) -> frozenset[str]:
+    """Module names transformers' ``from_pretrained`` keeps in float32 at ``dtype`` (T5's ``wo`` in fp16)."""
+    keep = set(getattr(model_cls, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 else set()
+    if dtype in (torch.float16, torch.bfloat16):
+        keep |= set(getattr(model_cls, "_keep_in_fp32_modules_strict", None) or ())
+    return frozenset(keep)
+
+
+def _state_dict(
+    path: Path, prefix: str, dtype: torch.dtype, keep_fp32: frozenset[str] = frozenset()
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     tensors = load_tensors(path)
     spiece = tensors.pop(TOKENIZER_KEY, None)
     state: dict[str, torch.Tensor] = {}
@@ -108,7 +118,7 @@ def _state_dict(path: Path, prefix: str, dtype: torch.dtype) -> tuple[dict[str, 
         if tensor.is_floating_point():
             scale = tensors.get(f"{key[: -len('.weight')]}.scale_weight") if key.endswith(".weight") else None
             tensor = tensor.to(torch.float32) * scale.to(torch.float32) if scale is not None else tensor
-            tensor = tensor.to(dtype)
+            tensor = tensor.to(torch.float32 if keep_fp32 & set(name.split(".")) else dtype)
         state[name] = tensor
     return state, spiece
 
@@ -170,13 +180,13 @@ def load_text_encoder_file(
     prefix = _prefix(path, shapes)
     kind, cfg = encoder_config(path, shapes, config)
     tok = _load_tokenizer(path, tokenizer, None) if TOKENIZER_KEY not in shapes else None
-    state, spiece = _state_dict(path, prefix, dtype)
+    config_cls, model_cls = (UMT5Config, UMT5EncoderModel) if kind == "umt5" else (T5Config, T5EncoderModel)
+    state, spiece = _state_dict(path, prefix, dtype, _fp32_modules(model_cls, dtype))
     if tok is None:
         tok = _load_tokenizer(path, tokenizer, spiece)
     if "shared.weight" not in state:
         state["shared.weight"] = state["encoder.embed_tokens.weight"]
     state["encoder.embed_tokens.weight"] = state["shared.weight"]  # tied in transformers' T5
-    config_cls, model_cls = (UMT5Config, UMT5EncoderModel) if kind == "umt5" else (T5Config, T5EncoderModel)
     with torch.device("meta"):
         model = model_cls(config_cls(**cfg))
     expected = set(model.state_dict())

@@ -153,3 +153,24 @@ def test_model_bundle_takes_a_text_encoder_file(tmp_path, spiece_bytes, tiny_fol
     assert bundle.sources["text_encoder"] == str(path)
     reference = _embeds("wan", original, tokenizer_from_spiece(spiece_bytes))
     assert torch.equal(encode_text(bundle, PROMPTS), reference)
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_file_keeps_the_same_modules_in_fp32_as_from_pretrained(tmp_path, family, dtype):
+    """T5's feed-forward output (``wo``) overflows in fp16; transformers keeps it in fp32 there, and so must the file
+    loader, or fp16 embeddings differ from (and can be inf/NaN where) the folder's are fine."""
+    word_tokenizer = build_word_tokenizer()
+    original = tiny_text_encoder(family, vocab_size=len(word_tokenizer), seed=5)
+    path = tmp_path / "encoder.safetensors"
+    save_file(comfy_layout(original), path)
+    word_tokenizer.save_pretrained(tmp_path / "encoder_tokenizer")
+    original.save_pretrained(tmp_path / "folder")
+    reference = type(original).from_pretrained(tmp_path / "folder", dtype=dtype)
+
+    encoder, tokenizer, _ = load_text_encoder_file(path, config=TINY_DISTANCE, dtype=dtype)
+    dtypes = {n: p.dtype for n, p in encoder.named_parameters()}
+    assert dtypes == {n: p.dtype for n, p in reference.named_parameters()}
+    if dtype == torch.float16:
+        assert dtypes["encoder.block.0.layer.1.DenseReluDense.wo.weight"] == torch.float32
+    assert torch.equal(_embeds(family, encoder, tokenizer), _embeds(family, reference, word_tokenizer))
