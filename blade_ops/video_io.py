@@ -46,6 +46,8 @@ def _umask_mode(base: int) -> int:
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise FileExistsError(f"{path} is a folder; give a file path ending in .mp4.")
     if path.exists() and not overwrite:
         raise _exists_error(path)
     path.parent.mkdir(parents=True, exist_ok=True)

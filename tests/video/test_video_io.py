@@ -94,6 +94,13 @@ def test_png_overwrite_never_deletes_other_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
 
 
+def test_mp4_over_a_folder_is_refused_before_encoding(tmp_path):
+    (tmp_path / "clip.mp4").mkdir()
+    with pytest.raises(FileExistsError, match="is a folder"):
+        write_mp4(torch.rand(2, 16, 16, 3), tmp_path / "clip.mp4", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
 def test_odd_sizes_and_grey_and_dispatch(tmp_path):
     frames, _ = read_mp4(write_video(torch.rand(3, 33, 47, 1), tmp_path / "odd.mp4", fps=8))
     assert frames.shape == (3, 34, 48, 3)  # padded to even for yuv420p
