@@ -113,6 +113,8 @@ def run(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if args.demo:
+        if args.family not in (None, "wan"):
+            raise ValueError(f"--demo builds a tiny Wan model; --family {args.family} does not apply to it.")
         _demo_defaults(args)
     if not args.prompt:
         raise ValueError("--prompt is required (repeat it for several videos).")

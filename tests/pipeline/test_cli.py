@@ -43,6 +43,8 @@ def test_png_output_and_errors(tmp_path, capsys):
     assert "No model given" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--demo", "--sampler", "euler"])
+    assert main(["--demo", "--family", "cogvideox", "--output", str(tmp_path / "z.mp4")]) == 2
+    assert "--demo builds a tiny Wan model" in capsys.readouterr().err
 
 
 def test_missing_files_are_errors_not_tracebacks(tmp_path, capsys):
