@@ -4,6 +4,7 @@ format (process_out / process_in) bit for bit, and CogVideoX uses its variant's 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ COMFY_WAN21_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517,
                     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]
 COMFY_WAN21_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160]
-COMFY_LATENT_FORMATS = Path("/work/comfyui/comfy/latent_formats.py")
+# ComfyUI's own latent format classes, when a checkout is named (as for the server tests in tests/comfyui).
+COMFY_LATENT_FORMATS = Path(os.environ.get("COMFYUI_PATH", "/nonexistent")) / "comfy" / "latent_formats.py"
 
 
 def _latents(*shape, seed=0, dtype=torch.float32):
@@ -44,7 +46,7 @@ def test_wan_matches_comfyui_wan21_bit_for_bit(source, dtype):
     assert scaling.latents_mean == tuple(COMFY_WAN21_MEAN) and scaling.latents_std == tuple(COMFY_WAN21_STD)
 
 
-@pytest.mark.skipif(not COMFY_LATENT_FORMATS.is_file(), reason="needs a ComfyUI checkout at /work/comfyui")
+@pytest.mark.skipif(not COMFY_LATENT_FORMATS.is_file(), reason="set COMFYUI_PATH to a ComfyUI checkout")
 def test_wan_equals_comfyui_latent_format_class():
     """Read ComfyUI's own module by path (it imports only torch), not as the ``comfy`` package."""
     spec = importlib.util.spec_from_file_location("_comfy_latent_formats_for_test", COMFY_LATENT_FORMATS)
