@@ -13,8 +13,8 @@ are followed by ``num_text_tokens`` text tokens, and returns the attention outpu
    the same kernel call ("fold") or as a second call + LSE merge ("merge");
 6. inverse-permute the output.
 
-When the configuration keeps every block of every row (``min_ratio == 1``) nothing lies outside the selection,
-so the global branch is skipped and ASA is exactly dense attention.
+When the lower clamp keeps every block of every row (``min_ratio == 1``, or a sequence of a single block) nothing
+lies outside the selection, so the global branch is skipped and ASA is exactly dense attention.
 
 No diffusers or ComfyUI types appear here: the diffusers processors and a native ComfyUI override both call it.
 """
@@ -188,7 +188,10 @@ def asa_attention(
     length = q.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1])
 
-    use_global = config.use_global and num_video > 0 and config.min_ratio < 1.0
+    # Skipped when the lower clamp alone keeps every key block (min_ratio 1, or a video of one block): nothing lies
+    # outside the selection, so pooled tokens would only count attention mass twice.
+    num_key_blocks = -(-length // bs)
+    use_global = config.use_global and num_video > 0 and config.min_blocks(num_key_blocks) < num_key_blocks
     mode = "off"
     if use_global:
         mode = config.global_mode

@@ -40,6 +40,17 @@ def test_all_blocks_kept_equals_dense(backend, reorder, use_global, text):
     assert (out - ref).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("backend", ["torch", "flex"])
+def test_a_video_of_one_key_block_is_dense(backend):
+    """With a single key block the rule keeps everything whatever its ratios, so nothing lies outside the selection
+    and the global branch must not add its pooled tokens: the output is dense attention."""
+    grid = (1, 3, 4)  # 12 tokens < one 16-token block
+    q, k, v = _qkv(grid=grid, text=0, seed=2)
+    cfg = ASAConfig(block_size=16, num_keep=4, tau=0.5, min_ratio=0.2, max_ratio=0.3, sample_gap=4)
+    out = asa_attention(q, k, v, grid=grid, num_text_tokens=0, config=cfg, backend=backend)
+    assert (out - F.scaled_dot_product_attention(q, k, v)).abs().max() <= 1e-5
+
+
 def test_text_first_layout_equals_dense():
     q, k, v = _qkv()
     n = q.shape[2] - TEXT
