@@ -172,6 +172,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Fail before any model loads when an output option is invalid or would overwrite without --overwrite."""
     if Path(args.output).suffix.lower() == ".mp4" and not 0 <= args.crf <= 51:
         raise ValueError(f"crf={args.crf} must be in 0..51 (lower is better quality; 18 is visually lossless).")
+    if args.fps is not None and args.fps <= 0:
+        raise ValueError(f"fps={args.fps} must be a positive number of frames per second (Wan 16, CogVideoX 8).")
     if args.overwrite:
         return
     for target in _targets(Path(args.output), len(args.prompt)):

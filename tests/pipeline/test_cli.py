@@ -65,3 +65,5 @@ def test_bad_crf_fails_before_any_model_loads(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "load_bundle", no_loading)
     assert main(["--demo", "--output", str(tmp_path / "x.mp4"), "--crf", "99"]) == 2
     assert "crf=99 must be in 0..51" in capsys.readouterr().err
+    assert main(["--demo", "--output", str(tmp_path / "x.mp4"), "--fps", "0"]) == 2
+    assert "fps=0 must be a positive number" in capsys.readouterr().err
