@@ -157,7 +157,8 @@ def run_preset(bundle: ModelBundle, preset: str, size: dict, steps: int | None, 
         gen = torch.Generator("cpu").manual_seed(0)
         noise = prepare_latents(family, 1, latent_grid(family, **size), gen)
         latents, t_denoise, m_denoise = _stage(lambda: denoise(bundle, embeds, noise, sampler, guidance, None, gen))
-        _, t_vae, m_vae = _stage(lambda: decode(bundle, latents, tiled=args.vae_tiling))
+        _, t_vae, m_vae = _stage(lambda: decode(bundle, latents, tiled=args.vae_tiling,
+                                                       chunk_frames=args.vae_chunk))
         return {
             "steps": len(sampler.timesteps), "cfg": guidance.scale, "text_s": t_text, "denoise_s": t_denoise,
             "step_s": t_denoise / len(sampler.timesteps), "vae_s": t_vae, "total_s": t_text + t_denoise + t_vae,
@@ -190,7 +191,8 @@ def render_markdown(results: dict, command: str) -> str:
         "",
         f"{results['variant']}, {results['size']['frames']}x{results['size']['height']}x{results['size']['width']},"
         f" {env['dtype']}, {env['gpu']}, torch {env['torch']}, diffusers {env['diffusers']}; random weights; "
-        f"VAE tiling {'on' if results['vae_tiling'] else 'off'}; dense SDPA {results['dense_sdpa']}; "
+        f"VAE tiling {'on' if results['vae_tiling'] else 'off'}, "
+        f"Wan VAE chunk {results.get('vae_chunk') or 'default'}; dense SDPA {results['dense_sdpa']}; "
         f"ASA backend {results.get('asa_backend', '-')}; transformer blocks compiled: "
         f"{results.get('compile') or 'no'}. Ratios are taken within this one run. Warm-up: the untimed "
         f"{results.get('warmup_steps', '-')}-step run before each timed one, which includes any compilation.",
@@ -225,6 +227,9 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed warm-up run per preset")
     parser.add_argument("--asa-backend", default="auto")
     parser.add_argument("--vae-tiling", action="store_true")
+    parser.add_argument("--vae-chunk", type=int, default=None,
+                        help="Wan latent frames per VAE decoder call (default: sized to the resolution; "
+                        "1: diffusers' loop)")
     parser.add_argument("--dense-sdpa", default="cudnn", choices=["cudnn", "flash", "default"],
                         help="dense SDPA kernel order for the baseline and for the attention ASA leaves dense")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -244,7 +249,8 @@ def main() -> None:
     import diffusers
 
     results = {
-        "variant": args.variant, "size": size, "vae_tiling": args.vae_tiling, "presets": {},
+        "variant": args.variant, "size": size, "vae_tiling": args.vae_tiling, "vae_chunk": args.vae_chunk,
+        "presets": {},
         "dense_sdpa": args.dense_sdpa, "warmup_steps": args.warmup_steps,
         "compile": f"mode {args.compile_mode}" if args.compile else None,
         "env": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "diffusers": diffusers.__version__,

@@ -1,5 +1,6 @@
 """Latents -> frames through the family's VAE, with optional tiling (less memory at high resolution) and slicing
-(one video of a batch at a time)."""
+(one video of a batch at a time). The Wan VAE decodes several latent frames per call when not tiled
+(:mod:`.wan_decode`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from ..models.bundle import ModelBundle
 from .scaling import to_vae_scale
+from .wan_decode import decode_wan_chunked, is_chunkable
 
 
 @contextmanager
@@ -39,12 +41,27 @@ def unscale_latents(bundle: ModelBundle, latents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode(bundle: ModelBundle, latents: torch.Tensor, *, tiled: bool = False, sliced: bool = False) -> torch.Tensor:
-    """Frames [B, F, H, W, C] float32 in [0, 1] on the CPU from final latents in the family's layout."""
+def decode(
+    bundle: ModelBundle,
+    latents: torch.Tensor,
+    *,
+    tiled: bool = False,
+    sliced: bool = False,
+    chunk_frames: int | None = None,
+) -> torch.Tensor:
+    """Frames [B, F, H, W, C] float32 in [0, 1] on the CPU from final latents in the family's layout.
+
+    ``chunk_frames``: latent frames per decoder call for an untiled Wan VAE (None: sized to the resolution, 1: the
+    diffusers frame-by-frame loop). Other VAEs ignore it.
+    """
     bundle.require("vae")
     vae = bundle.vae
     device = next(vae.parameters()).device
     z = unscale_latents(bundle, latents.to(device=device, dtype=torch.float32)).to(vae.dtype)
     with _vae_memory_options(vae, tiled, sliced):
-        video = vae.decode(z, return_dict=False)[0]  # [B, C, F, H, W] in [-1, 1]
+        if is_chunkable(vae) and not vae.use_tiling and chunk_frames != 1:
+            parts = z.split(1) if vae.use_slicing else (z,)
+            video = torch.cat([decode_wan_chunked(vae, part, chunk_frames) for part in parts])
+        else:
+            video = vae.decode(z, return_dict=False)[0]  # [B, C, F, H, W] in [-1, 1]
     return (video.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).cpu().contiguous()

@@ -1,0 +1,77 @@
+"""Wan VAE decode in chunks of several latent frames instead of one.
+
+diffusers' ``AutoencoderKLWan`` decodes one latent frame per decoder call and carries the causal convolutions'
+last two input frames across calls in a feature cache. Every cached layer only looks at its own last two input
+frames, so a call on ``n`` latent frames leaves the cache exactly as ``n`` single-frame calls would and returns
+the same frames: the chunk length changes how much work each call hands the GPU, not the result. Longer chunks
+turn ~30 kernel launches and cache copies per latent frame into ~30 per chunk and give cuDNN larger
+convolutions. The first latent frame is still decoded on its own, as the decoder's time upsampling requires.
+
+Memory grows with the chunk: :func:`default_chunk_frames` keeps one chunk's full-resolution activations near the
+size that an 81x480x832 video reaches at four latent frames.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Output pixels (frames x height x width) one chunk may cover by default: 16 frames at 480x832.
+CHUNK_PIXEL_BUDGET = 16 * 480 * 832
+
+
+def is_chunkable(vae: torch.nn.Module) -> bool:
+    """True for a diffusers AutoencoderKLWan, whose feature-cache decode this module drives."""
+    try:
+        from diffusers import AutoencoderKLWan
+    except ImportError:  # pragma: no cover - diffusers is a hard dependency of the pack
+        return False
+    return isinstance(vae, AutoencoderKLWan) and all(
+        hasattr(vae, name) for name in ("clear_cache", "decoder", "post_quant_conv")
+    )
+
+
+def default_chunk_frames(
+    latent_height: int, latent_width: int, spatial_ratio: int = 8, temporal_ratio: int = 4
+) -> int:
+    """Latent frames per chunk at this latent size: as many as fit :data:`CHUNK_PIXEL_BUDGET`, at least 1."""
+    frame_pixels = latent_height * spatial_ratio * latent_width * spatial_ratio
+    return max(1, CHUNK_PIXEL_BUDGET // (temporal_ratio * frame_pixels))
+
+
+@torch.no_grad()
+def decode_wan_chunked(vae: torch.nn.Module, z: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
+    """Frames [B, 3, F, H, W] in [-1, 1] from Wan latents [B, C, T, H, W] (in the VAE's scale), ``chunk_frames``
+    latent frames per decoder call after the first (default: :func:`default_chunk_frames`).
+
+    Equal to ``vae.decode(z).sample`` up to float rounding; see the module docstring for why.
+    """
+    if not is_chunkable(vae):
+        raise TypeError(f"decode_wan_chunked needs a diffusers AutoencoderKLWan, got {type(vae).__name__}")
+    if z.dim() != 5:
+        raise ValueError(f"Wan latents must be [B, C, T, H, W], got shape {tuple(z.shape)}")
+    if chunk_frames is None:
+        ratio = int(getattr(vae, "spatial_compression_ratio", 8))
+        chunk_frames = default_chunk_frames(z.shape[-2], z.shape[-1], ratio)
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
+    num_frames = z.shape[2]
+    starts = [0, *range(1, num_frames, chunk_frames)]
+    vae.clear_cache()
+    try:
+        x = vae.post_quant_conv(z)
+        pieces = []
+        for i, start in enumerate(starts):
+            end = 1 if i == 0 else min(start + chunk_frames, num_frames)
+            vae._conv_idx = [0]
+            pieces.append(
+                vae.decoder(x[:, :, start:end], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
+            )
+        out = torch.cat(pieces, dim=2)
+        del pieces
+        if getattr(vae.config, "patch_size", None) is not None:
+            from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+            out = unpatchify(out, patch_size=vae.config.patch_size)
+        return out.clamp_(-1.0, 1.0)
+    finally:
+        vae.clear_cache()

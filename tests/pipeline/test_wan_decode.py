@@ -1,0 +1,102 @@
+"""Chunked Wan VAE decode equals diffusers' frame-by-frame decode, for chunk lengths that split the latent frames
+evenly, unevenly and into a single-frame tail."""
+
+import pytest
+import torch
+
+from blade_ops.models.tiny import tiny_vae
+from blade_ops.pipeline.wan_decode import decode_wan_chunked, default_chunk_frames, is_chunkable
+
+
+def _vae(**overrides):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    config = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True])
+    config.update(overrides)
+    return AutoencoderKLWan(**config).eval()
+
+
+@pytest.fixture(scope="module")
+def vae_and_reference():
+    vae = _vae()
+    z = torch.randn(2, 16, 6, 3, 5, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = vae.decode(z, return_dict=False)[0]
+    return vae, z, reference
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8])
+def test_chunked_decode_equals_frame_by_frame(vae_and_reference, chunk):
+    vae, z, reference = vae_and_reference
+    out = decode_wan_chunked(vae, z, chunk)
+    assert out.shape == reference.shape == (2, 3, 21, 12, 20)
+    assert torch.isfinite(out).all()
+    assert reference.abs().max() > 1e-3  # the comparison is not between two near-zero outputs
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
+
+
+def test_chunked_decode_leaves_vae_reusable(vae_and_reference):
+    vae, z, reference = vae_and_reference
+    decode_wan_chunked(vae, z, 4)
+    assert all(entry is None for entry in vae._feat_map)
+    with torch.no_grad():
+        again = vae.decode(z, return_dict=False)[0]
+    torch.testing.assert_close(again, reference, rtol=0, atol=1e-6)
+
+
+def test_pipeline_decode_uses_chunks_and_matches():
+    from blade_ops.pipeline.decode import decode
+
+    vae = tiny_vae("wan")
+    assert is_chunkable(vae)
+
+    class Bundle:
+        family = type("F", (), {"name": "wan"})()
+
+        def require(self, *_):
+            return None
+
+    bundle = Bundle()
+    bundle.vae = vae
+    latents = torch.randn(1, 16, 5, 4, 4, generator=torch.Generator().manual_seed(2))
+    chunked = decode(bundle, latents, chunk_frames=3)
+    single = decode(bundle, latents, chunk_frames=1)
+    assert chunked.shape == single.shape == (1, 17, 32, 32, 3)
+    torch.testing.assert_close(chunked, single, rtol=0, atol=1e-5)
+
+
+def test_default_chunk_frames_shrinks_with_resolution():
+    assert default_chunk_frames(60, 104) == 4  # 480x832
+    assert default_chunk_frames(90, 160) == 1  # 720x1280
+    assert default_chunk_frames(30, 52) == 16  # 240x416
+
+
+def test_bad_inputs_are_refused(vae_and_reference):
+    vae, z, _ = vae_and_reference
+    with pytest.raises(ValueError, match="at least 1"):
+        decode_wan_chunked(vae, z, 0)
+    with pytest.raises(ValueError, match=r"\[B, C, T, H, W\]"):
+        decode_wan_chunked(vae, z[0], 2)
+    with pytest.raises(TypeError, match="AutoencoderKLWan"):
+        decode_wan_chunked(torch.nn.Linear(2, 2), z, 2)
+
+
+def test_pipeline_decode_routes_wan_through_chunks(monkeypatch):
+    import blade_ops.pipeline.decode as decode_module
+
+    calls = []
+    real = decode_module.decode_wan_chunked
+
+    def spy(vae, z, chunk_frames=None):
+        calls.append(chunk_frames)
+        return real(vae, z, chunk_frames)
+
+    monkeypatch.setattr(decode_module, "decode_wan_chunked", spy)
+    bundle = type("Bundle", (), {"family": type("F", (), {"name": "wan"})(), "require": lambda self, *p: None})()
+    bundle.vae = tiny_vae("wan")
+    latents = torch.randn(2, 16, 5, 4, 4)
+    decode_module.decode(bundle, latents, chunk_frames=2, sliced=True)
+    assert calls == [2, 2]  # one call per video of the sliced batch
+    decode_module.decode(bundle, latents, chunk_frames=1)
+    assert calls == [2, 2]  # chunk 1 is diffusers' own loop
