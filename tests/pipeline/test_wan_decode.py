@@ -1,6 +1,8 @@
 """Chunked Wan VAE decode equals diffusers' frame-by-frame decode, for chunk lengths that split the latent frames
 evenly, unevenly and into a single-frame tail."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -83,7 +85,7 @@ def test_bad_inputs_are_refused(vae_and_reference):
 
 
 def test_pipeline_decode_routes_wan_through_chunks(monkeypatch):
-    import blade_ops.pipeline.decode as decode_module
+    decode_module = importlib.import_module("blade_ops.pipeline.decode")
 
     calls = []
     real = decode_module.decode_wan_chunked
