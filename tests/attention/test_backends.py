@@ -131,3 +131,58 @@ def test_block_sparse_attn_matches_torch():
     o2, l2 = get_backend("block_sparse_attn").fn(q, k, v, mask, 128, 0.125)
     torch.testing.assert_close(o2.float(), o1.float(), atol=5e-3, rtol=5e-3)
     torch.testing.assert_close(l2, l1, atol=5e-3, rtol=5e-3)
+
+
+def _lists(bm, side):
+    names = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
+    if side == "q":
+        names = ("q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")
+    return tuple(getattr(bm, n) for n in names)
+
+
+def _dense_from_lists(num, idx, n):
+    """[..., R] counts and [..., R, C] lists -> [..., R, n] bool (the first count columns of each list)."""
+    keep = torch.arange(idx.shape[-1], device=idx.device) < num.unsqueeze(-1)
+    out = torch.zeros(*idx.shape[:-1], n, dtype=torch.bool, device=idx.device)
+    return out.scatter_(-1, idx.long(), keep)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_flex_block_lists_describe_the_mask(device):
+    """Full + partial lists rebuild the mask on both sides; partial = the tail block and blocks of masked ranges."""
+    from blade_ops.attention.backends.flex import _mods, build_flex_block_mask
+
+    g = torch.Generator().manual_seed(4)
+    mask = (torch.rand(2, 3, 8, 11, generator=g) < 0.4).to(device)
+    mask[..., -2:] = True
+    len_k = 11 * 16 - 3
+    mask_mod, _, masked = _mods(len_k, KVBias(((100, 120, float("-inf")),)))
+    bm = build_flex_block_mask(mask, 16, 8 * 16, len_k, mask_mod, masked, with_backward=True)
+    partial_cols = torch.zeros(11, dtype=torch.bool, device=device)
+    partial_cols[[6, 7, 10]] = True  # keys 100-119 touch blocks 6 and 7; block 10 holds the tail
+    kv_part, kv_full = _dense_from_lists(*_lists(bm, "kv")[:2], 11), _dense_from_lists(*_lists(bm, "kv")[2:], 11)
+    assert torch.equal(kv_part, mask & partial_cols) and torch.equal(kv_full, mask & ~partial_cols)
+    q_part, q_full = _dense_from_lists(*_lists(bm, "q")[:2], 8), _dense_from_lists(*_lists(bm, "q")[2:], 8)
+    assert torch.equal(q_part.transpose(-1, -2), kv_part) and torch.equal(q_full.transpose(-1, -2), kv_full)
+    for num, idx in (_lists(bm, "kv")[:2], _lists(bm, "q")[2:]):  # kept blocks first, ascending
+        assert num.dtype == torch.int32 and idx.dtype == torch.int32
+        rank = torch.arange(idx.shape[-1], device=idx.device)
+        kept = rank < num.unsqueeze(-1)
+        steps = (idx[..., 1:] > idx[..., :-1]) | ~kept[..., 1:]
+        assert steps.all()
+
+
+@pytest.mark.gpu
+def test_flex_cuda_block_lists_equal_sorted_lists():
+    """The Triton prefix-sum lists are bit-identical to the stable sorts of the CPU path."""
+    from blade_ops.attention.backends import flex
+
+    mask = torch.rand(2, 12, 256, 265, device="cuda") < 0.1
+    mask[..., 256:] = True
+    len_k = 256 * 128 + 1092
+    mask_mod, _, masked = flex._mods(len_k, KVBias(((32760, 32768, float("-inf")),)))
+    fast = flex.build_flex_block_mask(mask, 128, 32760, len_k, mask_mod, masked, with_backward=True)
+    slow = flex.build_flex_block_mask(mask.cpu(), 128, 32760, len_k, mask_mod, masked, with_backward=True)
+    for side in ("kv", "q"):
+        for a, b in zip(_lists(fast, side), _lists(slow, side), strict=True):
+            assert torch.equal(a.cpu(), b)

@@ -1,11 +1,13 @@
 """``flex`` backend: torch FlexAttention over a BlockMask built from the ASA block mask (BLADE Sec. 3.2, step 5).
 
-The BlockMask is built on the device with a few sorts (no Python loops): blocks whose keys are all valid are
-"full" blocks (no mask_mod evaluated), the block that holds the sequence tail, and blocks touching a masked
-key range, are "partial" blocks with a mask_mod. On CUDA the kernel is torch.compile'd once per shape and
-layout (forward and backward, returns the LSE). On CPU it runs eagerly (compiled CPU FlexAttention is
-inference-only and has no LSE; eager CPU FlexAttention has no backward); eager FlexAttention reads only the
-mask_mod, so there the mask_mod also looks the block selection up.
+The BlockMask is built on the device without Python loops: blocks whose keys are all valid are "full" blocks (no
+mask_mod evaluated), the block that holds the sequence tail, and blocks touching a masked key range, are
+"partial" blocks with a mask_mod. On CUDA one Triton launch per side writes both block lists from prefix sums
+(the query-side lists only when a backward is needed); elsewhere stable sorts give the same lists.
+
+On CUDA the kernel is torch.compile'd once per shape and layout (forward and backward, returns the LSE). On CPU
+it runs eagerly (compiled CPU FlexAttention is inference-only and has no LSE; eager CPU FlexAttention has no
+backward); eager FlexAttention reads only the mask_mod, so there the mask_mod also looks the block selection up.
 """
 
 from __future__ import annotations
@@ -87,6 +89,26 @@ def _with_block_lookup(mask_mod: Callable, block_mask: torch.Tensor, block_size:
     return exact_mask_mod
 
 
+@functools.lru_cache(maxsize=256)
+def _partial_columns(
+    nkb: int, block_size: int, len_k: int, masked_ranges: tuple[tuple[int, int], ...], device: torch.device
+) -> torch.Tensor:
+    """[nkb] bool: key blocks that need the mask_mod (the tail block and blocks touching a masked range)."""
+    cols = torch.arange(nkb, device=device)
+    partial = (cols + 1) * block_size > len_k
+    for start, stop in masked_ranges:
+        partial |= (cols * block_size < stop) & ((cols + 1) * block_size > start)
+    return partial
+
+
+def _use_triton_lists(block_mask: torch.Tensor) -> bool:
+    if not block_mask.is_cuda or block_mask.shape[-1] > 8192 or block_mask.shape[-2] > 8192:
+        return False
+    from .. import _mask_triton
+
+    return _mask_triton.AVAILABLE
+
+
 def build_flex_block_mask(
     block_mask: torch.Tensor,
     block_size: int,
@@ -96,24 +118,39 @@ def build_flex_block_mask(
     masked_ranges: tuple[tuple[int, int], ...] = (),
     with_backward: bool = True,
 ) -> BlockMask:
-    """BlockMask from a [B, H, nqb, nkb] bool block mask; q-side indices only when a backward is needed."""
-    nkb = block_mask.shape[-1]
-    cols = torch.arange(nkb, device=block_mask.device)
-    partial = (cols + 1) * block_size > len_k  # the tail block
-    for start, stop in masked_ranges:
-        partial |= (cols * block_size < stop) & ((cols + 1) * block_size > start)
-    part = block_mask & partial
-    full = block_mask & ~partial
-    kv_num, kv_idx = _ordered(part)
-    full_num, full_idx = _ordered(full)
+    """BlockMask from a [B, H, nqb, nkb] bool block mask; q-side indices only when a backward is needed.
+
+    On CUDA one Triton launch per side writes the block lists (prefix sums, no sort); elsewhere two stable sorts
+    per side give the same lists.
+    """
+    nqb, nkb = block_mask.shape[-2:]
+    partial = _partial_columns(nkb, block_size, len_k, tuple(masked_ranges), block_mask.device)
+    if _use_triton_lists(block_mask):
+        from .._mask_triton import ordered_blocks_triton
+
+        no_rows = _no_partial(nqb, block_mask.device)
+        kv_num, kv_idx, full_num, full_idx = ordered_blocks_triton(block_mask, no_rows, partial)
+        if with_backward:
+            q_lists = ordered_blocks_triton(block_mask.transpose(-1, -2), partial, no_rows)
+    else:
+        part = block_mask & partial
+        full = block_mask & ~partial
+        kv_num, kv_idx = _ordered(part)
+        full_num, full_idx = _ordered(full)
+        if with_backward:
+            q_lists = (*_ordered(part.transpose(-1, -2)), *_ordered(full.transpose(-1, -2)))
     bm = BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size, mask_mod=mask_mod,
         seq_lengths=(len_q, len_k), compute_q_blocks=False,
     )
     if with_backward:
-        bm.q_num_blocks, bm.q_indices = _ordered(part.transpose(-1, -2))
-        bm.full_q_num_blocks, bm.full_q_indices = _ordered(full.transpose(-1, -2))
+        bm.q_num_blocks, bm.q_indices, bm.full_q_num_blocks, bm.full_q_indices = q_lists
     return bm
+
+
+@functools.lru_cache(maxsize=64)
+def _no_partial(n: int, device: torch.device) -> torch.Tensor:
+    return torch.zeros(n, dtype=torch.bool, device=device)
 
 
 def compile_limit_context():
