@@ -5,8 +5,9 @@ The models are built with random weights from the full-size configs shipped in b
 text encoders from the UMT5-XXL / T5-XXL geometry below), so no download is needed; timings do not depend on the
 weights. The BLADE LoRA is left out: merged, it costs nothing at run time.
 
-``--compile`` compiles every transformer block (blade_ops.pipeline.compile) for both presets, before the
-baseline's warm-up (installing ASA for blade afterwards makes the blocks recompile once, in blade's warm-up). All
+``--compile`` compiles every transformer block and the Wan VAE decoder (blade_ops.pipeline.compile) for both
+presets, before the baseline's warm-up (installing ASA for blade afterwards makes the blocks recompile once, in
+blade's warm-up). All
 compilation happens in the untimed warm-up runs, whose duration is reported (warm-up (s)); the timed run must not
 compile anything new (``new_graphs_timed`` in the JSON, a warning otherwise).
 
@@ -46,7 +47,7 @@ from blade_ops.pipeline import (  # noqa: E402
     prepare_latents,
     prepare_model,
 )
-from blade_ops.pipeline.compile import COMPILE_MODES, compile_transformer  # noqa: E402
+from blade_ops.pipeline.compile import COMPILE_MODES, compile_transformer, compile_vae_decoder  # noqa: E402
 from blade_ops.sampling import make_sampler  # noqa: E402
 from blade_ops.text import encode_prompts  # noqa: E402
 
@@ -264,6 +265,7 @@ def main() -> None:
             results["asa_backend"] = get_asa_handle(bundle.transformer).backend
         if args.compile:  # no-op after the first preset; ASA installed since then recompiles in its warm-up
             compile_transformer(bundle.transformer, mode=args.compile_mode)
+            compile_vae_decoder(bundle.vae, mode=args.compile_mode)
         with dense_sdpa_context(args.dense_sdpa):
             results["presets"][preset] = run_preset(bundle, preset, size, steps.get(preset), args)
         logger.info("%s: %s", preset, json.dumps(results["presets"][preset]))

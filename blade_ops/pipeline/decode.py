@@ -64,4 +64,22 @@ def decode(
             video = torch.cat([decode_wan_chunked(vae, part, chunk_frames) for part in parts])
         else:
             video = vae.decode(z, return_dict=False)[0]  # [B, C, F, H, W] in [-1, 1]
-    return (video.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).cpu().contiguous()
+    return _to_cpu_frames(video)
+
+
+def _to_cpu_frames(video: torch.Tensor) -> torch.Tensor:
+    """[B, C, F, H, W] in [-1, 1] -> float32 [B, F, H, W, C] in [0, 1] on the CPU.
+
+    From CUDA the frames land in page-locked memory: copying ~400 MB of frames into freshly allocated pageable
+    memory costs 0.3 s on an H100 host (page faults), into pinned memory under 0.01 s (benchmarks/vae_decode.py).
+    """
+    frames = video.permute(0, 2, 3, 4, 1)
+    if not video.is_cuda:
+        return (frames.float() / 2 + 0.5).clamp(0, 1).contiguous()
+    staged = torch.empty(frames.shape, dtype=torch.float32, device=video.device)
+    staged.copy_(frames).mul_(0.5).add_(0.5).clamp_(0, 1)
+    try:
+        host = torch.empty(staged.shape, dtype=torch.float32, pin_memory=True)
+    except RuntimeError:  # no page-locked memory to be had: the plain copy is slower, not wrong
+        return staged.cpu()
+    return host.copy_(staged)

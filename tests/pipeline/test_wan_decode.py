@@ -69,9 +69,9 @@ def test_pipeline_decode_uses_chunks_and_matches():
 
 
 def test_default_chunk_frames_shrinks_with_resolution():
-    assert default_chunk_frames(60, 104) == 4  # 480x832
+    assert default_chunk_frames(60, 104) == 2  # 480x832
     assert default_chunk_frames(90, 160) == 1  # 720x1280
-    assert default_chunk_frames(30, 52) == 16  # 240x416
+    assert default_chunk_frames(30, 52) == 8  # 240x416
 
 
 def test_bad_inputs_are_refused(vae_and_reference):
@@ -102,3 +102,17 @@ def test_pipeline_decode_routes_wan_through_chunks(monkeypatch):
     assert calls == [2, 2]  # one call per video of the sliced batch
     decode_module.decode(bundle, latents, chunk_frames=1)
     assert calls == [2, 2]  # chunk 1 is diffusers' own loop
+
+
+def test_channels_last_layout_gives_the_same_frames(vae_and_reference):
+    from blade_ops.pipeline.wan_decode import set_conv3d_layout
+
+    vae, z, reference = vae_and_reference
+    try:
+        out = decode_wan_chunked(vae, z, 3, channels_last=True)
+        conv = next(m for m in vae.modules() if isinstance(m, torch.nn.Conv3d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
+    finally:
+        set_conv3d_layout(vae, False)
+    assert conv.weight.is_contiguous()
