@@ -37,9 +37,13 @@ except ImportError:  # torch < 2.9: the return_lse flag
 _COMPILED: dict[tuple, Callable] = {}
 # Kernel options per head dim for the compiled CUDA kernel (None: PyTorch's defaults). On Hopper the TMA loads
 # made the forward 3-7% faster at the Wan and CogVideoX shapes (benchmarks/attention.py --variants), while the
-# CogVideoX forward+backward got 6% slower, so they are used for forward-only calls (sampling).
+# CogVideoX forward+backward got 6% slower, so they are used for forward-only calls (sampling). At head dim 64
+# (CogVideoX) smaller tiles with 4 warps and 3 stages were another 2-5% faster; at 128 they were slower.
 KERNEL_OPTIONS: dict[int, dict | None] = {}
 _HOPPER_OPTIONS: dict | None = {"USE_TMA": True}
+_HOPPER_FORWARD_OPTIONS: dict[int, dict] = {
+    64: {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "USE_TMA": True},
+}
 
 
 def _options(q: torch.Tensor, needs_grad: bool) -> dict | None:
@@ -48,7 +52,9 @@ def _options(q: torch.Tensor, needs_grad: bool) -> dict | None:
     if q.shape[-1] in KERNEL_OPTIONS:
         return KERNEL_OPTIONS[q.shape[-1]]
     hopper = torch.cuda.get_device_capability(q.device)[0] == 9
-    return _HOPPER_OPTIONS if hopper and not needs_grad else None
+    if not hopper or needs_grad:
+        return None
+    return _HOPPER_FORWARD_OPTIONS.get(q.shape[-1], _HOPPER_OPTIONS)
 
 
 def _ordered(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
