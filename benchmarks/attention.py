@@ -34,6 +34,7 @@ from blade_ops.attention._permute import permute_and_fold, permute_tokens  # noq
 from blade_ops.attention.asa import ASAStats, asa_attention, pool_kv  # noqa: E402
 from blade_ops.attention.backends import get_backend  # noqa: E402
 from blade_ops.attention.backends.flex import _mods, build_flex_block_mask, compile_limit_context  # noqa: E402
+from blade_ops.attention.backends.flex import _options as flex_options  # noqa: E402
 from blade_ops.attention.config import ASAConfig  # noqa: E402
 from blade_ops.attention.curve import token_order  # noqa: E402
 from blade_ops.attention.estimate import estimate_block_importance, sample_offsets  # noqa: E402
@@ -118,7 +119,7 @@ def check_correctness(results: dict) -> None:
     torch.manual_seed(1)
     checks = results.setdefault("checks", {})
     # 1. fused estimate vs reference, at both head dims, L not a multiple of 128, S = 16 and 32
-    for d, length, s in ((128, 32760, 32), (64, 17776, 32), (128, 5000, 16)):
+    for d, length, s in ((128, 32760, 32), (64, 17776, 32), (128, 5000, 16), (64, 5000, 16)):
         q = torch.randn(1, 2, length, d, device=dev, dtype=torch.bfloat16)
         k = torch.randn(1, 2, length, d, device=dev, dtype=torch.bfloat16)
         off = sample_offsets(1, 2, s, 128, dev)
@@ -129,6 +130,7 @@ def check_correctness(results: dict) -> None:
         if not torch.isfinite(out).all() or err > 1e-2:
             raise RuntimeError(f"fused estimate disagrees with the reference: {err}")
     # 1b. fused rule vs the PyTorch rule
+    from blade_ops.attention.backends import KVBias
     from blade_ops.attention.mask import select_blocks
 
     p = torch.softmax(torch.randn(2, 12, 256, 256, device=dev) * 3, dim=-1)
@@ -139,9 +141,25 @@ def check_correctness(results: dict) -> None:
     ref = select_blocks(p, 0.95, 7, 14, first_text_block=137, impl="torch")
     out = select_blocks(p, 0.95, 7, 14, first_text_block=137, impl="triton")
     checks["rule_text_mask_differing_frac_err"] = float((out.dense != ref.dense).float().mean())
-    # 2. flex (compiled) vs torch oracle, forward, LSE and gradients, random masks, folded-bias layout
-    from blade_ops.attention.backends import KVBias
+    # 1c. block lists of the flex BlockMask: Triton prefix sums vs the stable sorts (must be identical)
+    from blade_ops.attention.backends import flex as flex_mod
 
+    bm_mask = torch.rand(2, 12, 256, 265, device=dev) < 0.1
+    bm_mask[..., 256:] = True
+    mm, _, masked = flex_mod._mods(256 * 128 + 1092, KVBias(((32760, 32768, float("-inf")),)))
+    fast = flex_mod.build_flex_block_mask(bm_mask, 128, 32760, 256 * 128 + 1092, mm, masked, True)
+    use_triton = flex_mod._use_triton_lists
+    flex_mod._use_triton_lists = lambda m: False
+    try:
+        slow = flex_mod.build_flex_block_mask(bm_mask, 128, 32760, 256 * 128 + 1092, mm, masked, True)
+    finally:
+        flex_mod._use_triton_lists = use_triton
+    fields = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks", "q_indices",
+              "full_q_num_blocks", "full_q_indices")
+    checks["blockmask_lists_differing_frac_err"] = max(
+        float((getattr(fast, f_) != getattr(slow, f_)).float().mean()) for f_ in fields
+    )
+    # 2. flex (compiled) vs torch oracle, forward, LSE and gradients, random masks, folded-bias layout
     b, h, length, d, bs = 2, 2, 1000, 64, 128
     q, k, v = (torch.randn(b, h, length, d, device=dev, requires_grad=True) for _ in range(3))
     nb = -(-length // bs)
@@ -289,6 +307,9 @@ def bench_shape(name: str, args, results: dict) -> None:
     r["t_inverse_ms"] = _bench(lambda: permute_tokens(out, inverse, perm))
     qc, kc = q.index_select(2, perm), k.index_select(2, perm)
     offsets = sample_offsets(b, h, cfg.num_keep, 128, q.device)
+    from blade_ops.attention._estimate_triton import launch_config
+
+    r["estimate_config"] = launch_config(cfg.num_keep, d)
     r["t_estimate_ms"] = _bench(lambda: estimate_block_importance(qc, kc, offsets, 128))
     from blade_ops.attention.mask import select_blocks, text_block_range
 
@@ -350,15 +371,17 @@ def bench_shape(name: str, args, results: dict) -> None:
         mm2, sm2, masked2 = _mods(lk, captured["bias"])
         bm = build_flex_block_mask(captured["mask"], 128, length, lk, mm2, masked2, False)
         variants = {
+            "pipeline": flex_options(qc, False),  # what asa_attention passes for a forward-only call
             "default": None,
-            "M128_N128_w8_s2": {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
-            "M128_N64_w8_s3": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
-            "M128_N128_w4_s2": {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2},
-            "M64_N128_w4_s3": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
             "default_TMA": {"USE_TMA": True},
             "M64_N128_w4_s3_TMA": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3, "USE_TMA": True},
             "nobias_default": "nobias",
         }
+        if d == 64:  # head dim 64 (CogVideoX): a few more tile shapes, all with TMA loads
+            for bm_, bn_, w_, s_ in ((128, 64, 4, 3), (64, 64, 4, 4)):
+                variants[f"M{bm_}_N{bn_}_w{w_}_s{s_}_TMA"] = {
+                    "BLOCK_M": bm_, "BLOCK_N": bn_, "num_warps": w_, "num_stages": s_, "USE_TMA": True,
+                }
         vres = r.setdefault("kernel_variants_ms", {})
         for vname, opts in variants.items():
             try:
@@ -377,7 +400,8 @@ def bench_shape(name: str, args, results: dict) -> None:
                 vres[vname] = repr(err)[:160]
             logger.info("kernel variant %s: %s", vname, vres[vname])
             _save(results, args)
-        r["t_kernel_fwd_ms"] = vres["default"] if isinstance(vres.get("default"), float) else None
+        r["kernel_options_pipeline"] = str(variants["pipeline"])
+        r["t_kernel_fwd_ms"] = vres["pipeline"] if isinstance(vres.get("pipeline"), float) else None
         if r["t_kernel_fwd_ms"]:
             r["kernel_tflops_on_kept"] = kept_flops / r["t_kernel_fwd_ms"] / 1e9
             r["kernel_vs_dense_throughput"] = r["kernel_tflops_on_kept"] / max(
@@ -485,6 +509,14 @@ def render_markdown(results: dict, command: str) -> str:
             ok = value <= bound if kind == "<" else value >= bound
             shown = f"{value:.2f}x" if kind == "x" else f"{100 * value:.0f}%"
             lines.append(f"- {text}: {shown}, {'reached' if ok else 'NOT reached'}")
+        if "t_blockmask_fwd_ms" in wan:
+            standalone = wan["t_estimate_ms"] + wan["t_rule_ms"] + wan["t_blockmask_fwd_ms"]
+            lines.append(
+                f"- the same three pieces timed alone: {standalone:.2f} ms, "
+                f"{100 * standalone / wan['asa_fwd_ms']:.0f}% of the ASA forward (the in-pipeline share is the ASA "
+                "forward minus sparse kernel, reorder and inverse, the kernel timed alone with the options the "
+                "pipeline passes)"
+            )
         if "asa_fwd_S16_ms" in wan:
             lines.append(
                 f"- with num_keep=16 (the paper's value): ASA forward {wan['asa_fwd_S16_ms']:.2f} ms "
@@ -500,6 +532,8 @@ def render_markdown(results: dict, command: str) -> str:
             "2·(L·S/128)²·D FLOPs per head (about 3% of dense at num_keep=32); the fused kernel runs it at about "
             f"{_estimate_tflop(wan) / wan['t_estimate_ms'] * 1e3:.0f} TFLOP/s at the Wan shape and never writes "
             "the sampled scores.",
+            "- The BlockMask's block lists come from one Triton prefix-sum launch per side, identical to the stable "
+            "sorts of the CPU path (query-side lists only when gradients are needed).",
             "- The global branch follows the reference: every query attends to the pooled tokens of all blocks "
             "(kept ones included) with bias ln(sample_gap). On these inputs the relative error vs dense is "
             f"{wan['rel_err_vs_dense']:.3f} with it and {wan['rel_err_vs_dense_no_global']:.3f} without it (Wan; "
