@@ -12,7 +12,8 @@ import torch
 from blade_ops.families import WAN
 from blade_ops.models.bundle import ModelBundle
 from blade_ops.pipeline.decode import decode
-from training.toy.domain import ToyGeometry, all_prompts, labels_of, random_batch
+from training.toy.domain import DIRECTIONS, ToyGeometry, all_prompts, labels_of, random_batch
+from training.toy.model import ToySpec
 from training.toy.vae import PixelVAE
 
 
@@ -21,6 +22,28 @@ def test_prompts_and_labels():
     assert len(prompts) == 108 and prompts[0] == "a red circle moving left"
     colour, shape, direction = labels_of(torch.tensor([0, 107]))
     assert (colour.tolist(), shape.tolist(), direction.tolist()) == ([0, 8], [0, 2], [0, 3])
+
+
+@pytest.mark.parametrize("geometry", [ToySpec().geometry, ToySpec.small().geometry, ToyGeometry()])
+def test_shape_moves_in_the_named_direction_in_every_frame(geometry):
+    """No bounce: the direction of the prompt is the motion between every pair of frames (the centroid of the drawn
+    cells moves along it, up to rasterisation across it), so the direction label is never ambiguous."""
+    index, cells = random_batch(2000, geometry, torch.Generator().manual_seed(0))
+    mask = (cells.max(dim=1).values > -0.5).float()  # [N, T, S, S]
+    coords = torch.arange(geometry.size, dtype=torch.float32)
+    area = mask.sum(dim=(2, 3))
+    cx = (mask.sum(2) * coords).sum(-1) / area
+    cy = (mask.sum(3) * coords).sum(-1) / area
+    direction = torch.tensor(list(DIRECTIONS.values()))[labels_of(index)[2]]  # [N, 2]
+    along = (cx.diff(dim=1) * direction[:, :1] + cy.diff(dim=1) * direction[:, 1:])  # [N, T - 1]
+    across = (cx.diff(dim=1) * direction[:, 1:]).abs() + (cy.diff(dim=1) * direction[:, :1]).abs()
+    assert along.min() > 0.4 and across.max() < 0.5 and area.min() > 0
+
+
+def test_random_batch_is_reproducible_and_lands_on_the_requested_device():
+    a = random_batch(8, ToyGeometry(frames=3, size=8), torch.Generator().manual_seed(3))
+    b = random_batch(8, ToyGeometry(frames=3, size=8), torch.Generator().manual_seed(3), device="cpu")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[1].device.type == "cpu"
 
 
 def test_pixel_vae_round_trip_through_pipeline_decode():

@@ -41,7 +41,7 @@ class ToySpec:
         if self.size >= 32:
             return ToyGeometry(frames=self.frames, size=self.size)
         if self.size >= 16:
-            return ToyGeometry(frames=self.frames, size=self.size, radius=(2.0, 3.0), speed=(1.0, 1.75))
+            return ToyGeometry(frames=self.frames, size=self.size, radius=(2.0, 3.0), speed=(1.25, 2.0))
         return ToyGeometry(frames=self.frames, size=self.size, radius=(1.5, 2.5), speed=(1.0, 1.5))
 
     @property
