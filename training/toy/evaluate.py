@@ -22,7 +22,7 @@ from blade_ops.sampling import make_sampler
 from blade_ops.text import PromptEmbeds
 
 from .domain import ToyGeometry
-from .metric import ToyClassifier, features, frechet_distance, prompt_match, reference_clips
+from .metric import ToyClassifier, attribute_match, features, frechet_distance, reference_clips
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Score:
     sparsity: float | None
     seconds: float
     setting: dict
+    attributes: dict  # colour / shape / direction / prompt match, separately
 
 
 def model_for(bundle: ModelBundle, setting: Setting, asa_config: ASAConfig, backend: str) -> ModelBundle:
@@ -107,11 +108,13 @@ def evaluate(
         cells = cells.to(real.device)
         density = handle.stats.mean_density if handle is not None else None
         sparsity = 1 - density - 1 / asa_config.sample_gap if density is not None else None
-        score = Score(setting.label, prompt_match(classifier, cells, index.to(real.device)),
+        attributes = attribute_match(classifier, cells, index.to(real.device))
+        score = Score(setting.label, attributes["prompt"],
                       frechet_distance(features(classifier, cells), real_features), density, sparsity, seconds,
-                      asdict(setting))
-        logger.info("%s: prompt match %.4f, FD %.3f, density %s (%.1f s)", score.label, score.prompt_match, score.fd,
-                    f"{density:.3f}" if density is not None else "-", seconds)
+                      asdict(setting), attributes)
+        logger.info("%s: prompt match %.4f (colour %.3f, shape %.3f, direction %.3f), FD %.3f, density %s (%.1f s)",
+                    score.label, score.prompt_match, attributes["colour"], attributes["shape"],
+                    attributes["direction"], score.fd, f"{density:.3f}" if density is not None else "-", seconds)
         scores.append(score)
         examples[setting.label] = cells[: text.shape[0]].cpu()
         del view

@@ -69,14 +69,21 @@ def train_classifier(geometry: ToyGeometry, *, steps: int, batch_size: int = 256
 
 
 @torch.no_grad()
-def prompt_match(model: ToyClassifier, clips: torch.Tensor, index: torch.Tensor, chunk: int = 512) -> float:
-    """Fraction of clips whose colour, shape and direction all match prompt ``index``."""
+def attribute_match(model: ToyClassifier, clips: torch.Tensor, index: torch.Tensor, chunk: int = 512) -> dict:
+    """Fractions of clips whose colour, shape, direction, and all three ("prompt") read as prompt ``index`` says."""
     ok = []
     for s in range(0, len(clips), chunk):
         outs = model(clips[s : s + chunk].float())
         labels = labels_of(index[s : s + chunk])
-        ok.append(torch.stack([o.argmax(-1) == y for o, y in zip(outs, labels, strict=True)]).all(0))
-    return float(torch.cat(ok).float().mean())
+        ok.append(torch.stack([o.argmax(-1) == y for o, y in zip(outs, labels, strict=True)]))  # [3, n]
+    ok = torch.cat(ok, dim=1).float()
+    return {"colour": float(ok[0].mean()), "shape": float(ok[1].mean()), "direction": float(ok[2].mean()),
+            "prompt": float(ok.all(0).float().mean())}
+
+
+def prompt_match(model: ToyClassifier, clips: torch.Tensor, index: torch.Tensor, chunk: int = 512) -> float:
+    """Fraction of clips whose colour, shape and direction all match prompt ``index``."""
+    return attribute_match(model, clips, index, chunk)["prompt"]
 
 
 @torch.no_grad()
