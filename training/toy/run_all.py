@@ -55,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True)
     p.add_argument("--small", action="store_true", help="CPU smoke-test size")
     p.add_argument("--teacher", help="reuse a saved toy teacher folder instead of training one")
-    p.add_argument("--teacher-steps", type=int, default=6000)
-    p.add_argument("--teacher-batch", type=int, default=64)
+    p.add_argument("--teacher-steps", type=int, default=50000, help="at most; the budget usually ends it")
+    p.add_argument("--teacher-batch", type=int, default=256)
+    p.add_argument("--teacher-lr", type=float, default=5e-4)
     p.add_argument("--teacher-budget", type=float, default=150.0, help="seconds")
+    p.add_argument("--teacher-compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the teacher's blocks for training (default: on CUDA only)")
     p.add_argument("--classifier-steps", type=int, default=1500)
     p.add_argument("--cfg-scales", default="2,3.5,5")
     p.add_argument("--distill-steps", type=int, default=1000, help="at most; fewer if the budget is shorter")
@@ -87,11 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     teacher_dir = Path(args.teacher) if args.teacher else out / "teacher"
     if not args.teacher:
         spec = ToySpec.small() if args.small else ToySpec()
-        bundle, info = train_teacher(spec, steps=args.teacher_steps, batch_size=args.teacher_batch, device=args.device,
-                                     time_budget=args.teacher_budget)
+        compile_blocks = device.type == "cuda" if args.teacher_compile is None else args.teacher_compile
+        bundle, info = train_teacher(
+            spec, steps=args.teacher_steps, batch_size=args.teacher_batch, lr=args.teacher_lr, device=args.device,
+            time_budget=args.teacher_budget, compile_blocks=compile_blocks,
+        )
         save_toy_folder(bundle, spec, teacher_dir)
-        results["teacher_training"] = {"steps": info["steps"], "seconds": info["seconds"],
-                                       "last_loss": info["history"][-1][1]}
+        results["teacher_training"] = {
+            "steps": info["steps"], "seconds": info["seconds"], "last_loss": info["history"][-1][1],
+            "step_ms": info["step_ms"], "batch_size": args.teacher_batch, "lr": args.teacher_lr,
+            "compiled": compile_blocks, "history": info["history"],
+        }
         save()
     bundle, spec = load_toy_bundle(teacher_dir, device=device)
     geometry = spec.geometry
@@ -168,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     results["scores"] = [asdict(s) for s in scores]
     save()
     torch.save({k: v.half() for k, v in examples.items()}, out / "examples.pt")
+    (out / "results.md").write_text(markdown(results))
     try:
         results["attention_mass_kept"] = attention_mass_kept(bundle, text, asa_config, geometry)
     except (RuntimeError, ValueError, TypeError) as exc:  # an analysis, not a result: never lose the scores
@@ -179,11 +189,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| setting | prompt match | FD | ASA density | sparsity | sampling s |", "|---|---|---|---|---|---|"]
+    lines = ["| setting | prompt match | colour | shape | direction | FD | ASA density | sparsity | sampling s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in results.get("scores", []):
         dens = f"{s['density']:.3f}" if s["density"] is not None else "-"
         spar = f"{s['sparsity']:.3f}" if s["sparsity"] is not None else "-"
-        row = [s["label"], f"{s['prompt_match']:.3f}", f"{s['fd']:.3f}", dens, spar, f"{s['seconds']:.1f}"]
+        attrs = [f"{s['attributes'][k]:.3f}" for k in ("colour", "shape", "direction")]
+        row = [s["label"], f"{s['prompt_match']:.3f}", *attrs, f"{s['fd']:.1f}", dens, spar, f"{s['seconds']:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
