@@ -62,11 +62,12 @@ def _check_mode(mode: str) -> None:
 def compile_vae_decoder(vae: nn.Module, *, mode: str = "default") -> bool:
     """Compile the decoder of a Wan VAE in place; True if compiled, False for a VAE this does not cover.
 
-    The Wan decoder runs once per chunk of latent frames (:mod:`.wan_decode`) and traces without graph breaks;
-    inductor fuses its RMS norms, activations, padding and cache copies around cuDNN's convolutions. Shapes are
-    static: one graph for the first latent frame, one for the second chunk, one for the rest (and one for an
-    uneven last chunk), compiled at the first decode of each resolution (about a minute on an H100 for a new
-    process). The CogVideoX VAE is left as it is.
+    The Wan decoder runs once per chunk of latent frames (:mod:`.wan_decode`); inductor fuses its RMS norms,
+    activations, padding and cache copies around cuDNN's convolutions. Shapes are static: one set of graphs for the
+    first latent frame, one for the second chunk, one for the rest (and one for an uneven last chunk), compiled at
+    the first decode of each resolution (17-60 s on an H100 in a new process). Where the decoder's string-sentinel
+    comparison breaks the graph (torch 2.11), its up blocks compile separately; the chunked decode lifts dynamo's
+    recompile limit while it runs so they all stay compiled. The CogVideoX VAE is left as it is.
     """
     from .wan_decode import is_chunkable
 

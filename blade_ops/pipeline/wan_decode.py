@@ -14,7 +14,15 @@ layout, which cuDNN serves without transposing every input and output (benchmark
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
+
+#: Dynamo's per-function compile limit while a compiled decoder runs. The decoder's time upsampling compares a
+#: cached tensor with a string sentinel, which breaks the graph on some torch versions; the up blocks then compile
+#: as functions of their own, one graph per (block, chunk position): 4 x 4 at one resolution, beyond dynamo's
+#: default of 8, after which the rest would run uncompiled and recompile on every decode.
+DECODER_RECOMPILE_LIMIT = 64
 
 #: Output pixels (frames x height x width) one chunk may cover by default: 8 frames at 480x832.
 CHUNK_PIXEL_BUDGET = 8 * 480 * 832
@@ -72,24 +80,32 @@ def decode_wan_chunked(
     if channels_last:
         set_conv3d_layout(vae, True)
         z = z.contiguous(memory_format=torch.channels_last_3d)
-    num_frames = z.shape[2]
-    starts = [0, *range(1, num_frames, chunk_frames)]
+    compiled = getattr(vae.decoder, "_compiled_call_impl", None) is not None
     vae.clear_cache()
     try:
-        x = vae.post_quant_conv(z)
-        pieces = []
-        for i, start in enumerate(starts):
-            end = 1 if i == 0 else min(start + chunk_frames, num_frames)
-            vae._conv_idx = [0]
-            pieces.append(
-                vae.decoder(x[:, :, start:end], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
-            )
-        out = torch.cat(pieces, dim=2)
-        del pieces
-        if getattr(vae.config, "patch_size", None) is not None:
-            from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
-            out = unpatchify(out, patch_size=vae.config.patch_size)
-        return out.clamp_(-1.0, 1.0)
+        limit = torch._dynamo.config.patch(recompile_limit=DECODER_RECOMPILE_LIMIT) if compiled else nullcontext()
+        with limit:
+            return _decode_chunks(vae, z, chunk_frames)
     finally:
         vae.clear_cache()
+
+
+def _decode_chunks(vae: torch.nn.Module, z: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """The first latent frame alone, then ``chunk_frames`` at a time, through the decoder's feature cache."""
+    num_frames = z.shape[2]
+    starts = [0, *range(1, num_frames, chunk_frames)]
+    x = vae.post_quant_conv(z)
+    pieces = []
+    for i, start in enumerate(starts):
+        end = 1 if i == 0 else min(start + chunk_frames, num_frames)
+        vae._conv_idx = [0]
+        pieces.append(
+            vae.decoder(x[:, :, start:end], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
+        )
+    out = torch.cat(pieces, dim=2)
+    del pieces
+    if getattr(vae.config, "patch_size", None) is not None:
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+        out = unpatchify(out, patch_size=vae.config.patch_size)
+    return out.clamp_(-1.0, 1.0)
