@@ -5,9 +5,10 @@ The models are built with random weights from the full-size configs shipped in b
 text encoders from the UMT5-XXL / T5-XXL geometry below), so no download is needed; timings do not depend on the
 weights. The BLADE LoRA is left out: merged, it costs nothing at run time.
 
-``--compile`` compiles every transformer block and the Wan VAE decoder (blade_ops.pipeline.compile) for both
-presets, before the baseline's warm-up (installing ASA for blade afterwards makes the blocks recompile once, in
-blade's warm-up). All
+``--compile`` compiles every transformer block (blade_ops.pipeline.compile) for both presets, before the
+baseline's warm-up (installing ASA for blade afterwards makes the blocks recompile once, in blade's warm-up);
+``--compile-vae`` also compiles the Wan VAE decoder (experimental: in this flow on torch 2.11 its second decode
+recompiled, see docs/BENCHMARKS.md). All
 compilation happens in the untimed warm-up runs, whose duration is reported (warm-up (s)); the timed run must not
 compile anything new (``new_graphs_timed`` in the JSON, a warning otherwise).
 
@@ -195,7 +196,9 @@ def render_markdown(results: dict, command: str) -> str:
         f"VAE tiling {'on' if results['vae_tiling'] else 'off'}, "
         f"Wan VAE chunk {results.get('vae_chunk') or 'default'}; dense SDPA {results['dense_sdpa']}; "
         f"ASA backend {results.get('asa_backend', '-')}; transformer blocks compiled: "
-        f"{results.get('compile') or 'no'}. Ratios are taken within this one run. Warm-up: the untimed "
+        f"{results.get('compile') or 'no'}; "
+        f"Wan VAE decoder compiled: {'yes' if results.get('compile_vae') else 'no'}. "
+        "Ratios are taken within this one run. Warm-up: the untimed "
         f"{results.get('warmup_steps', '-')}-step run before each timed one, which includes any compilation.",
         "",
         "| preset | steps | CFG | text enc (s) | denoise (s) | per step (s) | VAE decode (s) | total (s) | peak (GiB) "
@@ -236,6 +239,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile each transformer block, for every preset (compiled in the warm-up)")
+    parser.add_argument("--compile-vae", action="store_true", help="also torch.compile the Wan VAE decoder")
     parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--markdown", help="also write the markdown table here")
@@ -253,7 +257,7 @@ def main() -> None:
         "variant": args.variant, "size": size, "vae_tiling": args.vae_tiling, "vae_chunk": args.vae_chunk,
         "presets": {},
         "dense_sdpa": args.dense_sdpa, "warmup_steps": args.warmup_steps,
-        "compile": f"mode {args.compile_mode}" if args.compile else None,
+        "compile": f"mode {args.compile_mode}" if args.compile else None, "compile_vae": args.compile_vae,
         "env": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "diffusers": diffusers.__version__,
                 "dtype": args.dtype},
     }
@@ -265,6 +269,7 @@ def main() -> None:
             results["asa_backend"] = get_asa_handle(bundle.transformer).backend
         if args.compile:  # no-op after the first preset; ASA installed since then recompiles in its warm-up
             compile_transformer(bundle.transformer, mode=args.compile_mode)
+        if args.compile_vae:
             compile_vae_decoder(bundle.vae, mode=args.compile_mode)
         with dense_sdpa_context(args.dense_sdpa):
             results["presets"][preset] = run_preset(bundle, preset, size, steps.get(preset), args)

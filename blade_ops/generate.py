@@ -70,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     dev.add_argument(
         "--compile", action="store_true",
-        help="torch.compile each transformer block and the Wan VAE decoder (faster steps and decode; the first "
-        "video also pays for compiling)",
+        help="torch.compile each transformer block (faster steps; the first video also pays for compiling)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -139,11 +138,9 @@ def run(argv: list[str] | None = None) -> Path:
         prepare_model(bundle, args.preset, lora=args.lora, lora_strength=args.lora_strength)
         request = preset_request(args.preset, bundle.family, args.prompt, **options)
     if args.compile:  # after ASA and the LoRA, so the blocks compile once
-        from .pipeline.compile import compile_transformer, compile_vae_decoder
+        from .pipeline.compile import compile_transformer
 
         compile_transformer(bundle.transformer)
-        if bundle.vae is not None:
-            compile_vae_decoder(bundle.vae)
     result = _generate_with_progress(bundle, request, device)
     return _save(result, request, args, bundle)
 

@@ -68,6 +68,10 @@ def compile_vae_decoder(vae: nn.Module, *, mode: str = "default") -> bool:
     the first decode of each resolution (17-60 s on an H100 in a new process). Where the decoder's string-sentinel
     comparison breaks the graph (torch 2.11), its up blocks compile separately; the chunked decode lifts dynamo's
     recompile limit while it runs so they all stay compiled. The CogVideoX VAE is left as it is.
+
+    Not used by the CLI or the nodes: in ``benchmarks/end_to_end.py --compile-vae`` on an H100 (torch 2.11) the
+    second decode of the process compiled 15 more graphs (42 s) before later decodes ran at 1.05 s; until that is
+    understood it stays an opt-in (docs/BENCHMARKS.md, "VAE decode").
     """
     from .wan_decode import is_chunkable
 
