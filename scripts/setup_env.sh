@@ -11,4 +11,7 @@ if ! python -c "import torch" 2>/dev/null; then
     # Pinned on purpose: 2.13.0 is a local CPU build here; an unpinned torch pulls a multi-GB CUDA build.
     pip install -q torch==2.13.0
 fi
-pip install -q -r "$root/requirements.txt" -r "$root/requirements-test.txt"
+pip install -q -r "$root/requirements.txt"
+if [ "${BLADE_TEST_DEPS:-0}" = 1 ]; then
+    pip install -q -r "$root/requirements-test.txt"
+fi

@@ -3,7 +3,7 @@
 # CUDA; ComfyUI server tests skip unless COMFYUI_PATH points at a ComfyUI checkout.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-. "$root/scripts/setup_env.sh"
+BLADE_TEST_DEPS=1 . "$root/scripts/setup_env.sh"
 cd "$root"
 python -m pytest -q "$@"
 ruff check .
