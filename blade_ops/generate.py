@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eta", type=float, help="tdm sampler re-noising weight (0.9)")
     run.add_argument("--offload", action="store_true", help="keep each part on the GPU only while it runs")
     run.add_argument("--vae-tiling", action="store_true")
+    run.add_argument(
+        "--vae-chunk", type=int, metavar="N",
+        help="Wan latent frames per VAE decoder call (default: sized to the resolution, 1 with --offload; 1 uses "
+        "the least memory)",
+    )
     out = p.add_argument_group("output")
     out.add_argument("--output", default="outputs/video.mp4", help=".mp4 file, or a folder for PNG frames")
     out.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -118,6 +123,8 @@ def run(argv: list[str] | None = None) -> Path:
         _demo_defaults(args)
     if not args.prompt:
         raise ValueError("--prompt is required (repeat it for several videos).")
+    if args.vae_chunk is not None and args.vae_chunk < 1:
+        raise ValueError(f"--vae-chunk {args.vae_chunk}: give at least 1 latent frame per VAE decoder call.")
     _check_outputs(args)
     device = resolve_device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -127,6 +134,7 @@ def run(argv: list[str] | None = None) -> Path:
         negative_prompt=args.negative_prompt, width=args.width, height=args.height, frames=args.frames,
         steps=args.steps, guidance=args.guidance, seed=args.seed, sampler=args.sampler, shift=args.shift,
         eta=args.eta, fps=args.fps, offload=args.offload, vae_tiling=args.vae_tiling,
+        vae_chunk_frames=args.vae_chunk,
     )
     if args.preset == "none":  # dense run of the chosen sampler (blade schedule unless told otherwise)
         options = {k: v for k, v in options.items() if v is not None}

@@ -58,6 +58,8 @@ class GenerationRequest:
     offload: bool = False  # keep each part on the device only while it runs (fits 12 GB)
     vae_tiling: bool = False
     vae_slicing: bool = False
+    # Wan latent frames per VAE decoder call: None sizes it to the resolution (1 with offload, the least memory)
+    vae_chunk_frames: int | None = None
     max_sequence_length: int | None = None  # None: the family's (Wan 512, CogVideoX 226)
 
     def __post_init__(self):
@@ -70,7 +72,7 @@ class GenerationRequest:
                 raise ValueError(f"negative_prompt={neg!r} must be None, a string or a list of strings.")
             if len(neg) not in (1, len(prompts)):
                 raise ValueError(f"negative_prompt has {len(neg)} entries; give 1 or {len(prompts)} (one per prompt).")
-        for name in ("width", "height", "frames", "steps", "fps", "max_sequence_length"):
+        for name in ("width", "height", "frames", "steps", "fps", "max_sequence_length", "vae_chunk_frames"):
             _positive_int(name, getattr(self, name))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
             raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**63).")

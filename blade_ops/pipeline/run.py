@@ -70,7 +70,12 @@ def generate(
     if not output_latents_only:
         start = time.perf_counter()
         with on_device(bundle.vae, device, offload=offload):
-            frames = decode(bundle, latents, tiled=request.vae_tiling, sliced=request.vae_slicing)
+            chunk = request.vae_chunk_frames
+            if chunk is None and offload != "none":
+                chunk = 1  # offloading is asked for to save memory: the frame-by-frame decode needs the least
+            frames = decode(
+                bundle, latents, tiled=request.vae_tiling, sliced=request.vae_slicing, chunk_frames=chunk
+            )
         timings["vae_decode"] = time.perf_counter() - start
     return GenerationResult(
         frames=frames,

@@ -67,3 +67,5 @@ def test_bad_crf_fails_before_any_model_loads(tmp_path, capsys, monkeypatch):
     assert "crf=99 must be in 0..51" in capsys.readouterr().err
     assert main(["--demo", "--output", str(tmp_path / "x.mp4"), "--fps", "0"]) == 2
     assert "fps=0 must be a positive number" in capsys.readouterr().err
+    assert main(["--demo", "--output", str(tmp_path / "x.mp4"), "--vae-chunk", "0"]) == 2
+    assert "--vae-chunk 0: give at least 1 latent frame" in capsys.readouterr().err

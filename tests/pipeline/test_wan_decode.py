@@ -116,3 +116,40 @@ def test_channels_last_layout_gives_the_same_frames(vae_and_reference):
     finally:
         set_conv3d_layout(vae, False)
     assert conv.weight.is_contiguous()
+
+
+@pytest.mark.parametrize(
+    ("offload", "asked", "expected"), [(False, None, None), (True, None, 1), (True, 3, 3), (False, 2, 2)]
+)
+def test_generate_picks_the_chunk_length(monkeypatch, offload, asked, expected):
+    """Offloading asks for the least memory, so its decode goes frame by frame unless told otherwise."""
+    from blade_ops.families import get_family
+    from blade_ops.models.bundle import ModelBundle
+    from blade_ops.models.tiny import tiny_components
+    from blade_ops.pipeline import GenerationRequest, generate
+
+    run_module = importlib.import_module("blade_ops.pipeline.run")
+    seen = []
+    real = run_module.decode
+
+    def spy(bundle, latents, **kwargs):
+        seen.append(kwargs["chunk_frames"])
+        return real(bundle, latents, **kwargs)
+
+    monkeypatch.setattr(run_module, "decode", spy)
+    parts = tiny_components("wan")
+    scheduler = parts.pop("scheduler")
+    bundle = ModelBundle(family=get_family("wan"), scheduler_config=dict(scheduler.config), **parts)
+    request = GenerationRequest(
+        prompt="a red circle", width=32, height=32, frames=5, steps=1, offload=offload, vae_chunk_frames=asked
+    )
+    result = generate(bundle, request, device="cpu")
+    assert seen == [expected]
+    assert result.frames.shape == (1, 5, 32, 32, 3)
+
+
+def test_request_refuses_a_bad_chunk_length():
+    from blade_ops.pipeline import GenerationRequest
+
+    with pytest.raises(ValueError, match="vae_chunk_frames=0 must be a positive integer"):
+        GenerationRequest(prompt="x", vae_chunk_frames=0)
