@@ -132,8 +132,17 @@ def time_postprocess(video, repeats):
 def compile_decoder(vae, mode="default"):
     import torch._dynamo
 
+    from blade_ops.pipeline.compile import compile_vae_decoder
+
     torch._dynamo.reset()
-    vae.decoder.compile(dynamic=False, mode=mode)
+    compile_vae_decoder(vae, mode=mode)
+
+
+def uncompile_decoder(vae):
+    from blade_ops.pipeline.wan_decode import decoder_parts
+
+    for part in decoder_parts(vae):
+        part._compiled_call_impl = None
 
 
 def pipeline_decode_fn(vae, z32):
@@ -191,7 +200,7 @@ def main() -> None:
             label = f"chunked, decoder compiled{', channels-last' if cl else ''} (first call {first:.0f} s)"
             out = record("wan2.1-t2v-1.3b", label, torch.bfloat16, chunk, seconds, peak, out, ref)
             channels_last_3d(vae, False)
-            vae.decoder._compiled_call_impl = None
+            uncompile_decoder(vae)
             del out
         post = time_postprocess(decode_wan_chunked(vae, z32.to(torch.bfloat16), 4), args.repeats)
         rows.append(dict(variant="postprocess", timings=post))

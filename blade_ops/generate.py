@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile", action="store_true",
         help="torch.compile each transformer block (faster steps; the first video also pays for compiling)",
     )
+    dev.add_argument(
+        "--compile-vae", action="store_true",
+        help="torch.compile the Wan VAE decoder (1.36 s instead of 1.78 s at 81x480x832 on an H100); the first "
+        "decode at each size compiles for 15-60 s, so it pays off only where one process decodes many videos",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -149,6 +154,12 @@ def run(argv: list[str] | None = None) -> Path:
         from .pipeline.compile import compile_transformer
 
         compile_transformer(bundle.transformer)
+    if args.compile_vae:
+        from .pipeline.compile import compile_vae_decoder
+
+        if not compile_vae_decoder(bundle.vae):
+            logger.warning("--compile-vae: only the Wan VAE decoder compiles; this %s VAE runs as it is.",
+                           bundle.family.name)
     result = _generate_with_progress(bundle, request, device)
     return _save(result, request, args, bundle)
 

@@ -63,26 +63,27 @@ def compile_vae_decoder(vae: nn.Module, *, mode: str = "default") -> bool:
     """Compile the decoder of a Wan VAE in place; True if compiled, False for a VAE this does not cover.
 
     The Wan decoder runs once per chunk of latent frames (:mod:`.wan_decode`); inductor fuses its RMS norms,
-    activations, padding and cache copies around cuDNN's convolutions. Shapes are static: one set of graphs for the
-    first latent frame, one for the second chunk, one for the rest (and one for an uneven last chunk), compiled at
-    the first decode of each resolution (17-60 s on an H100 in a new process). Where the decoder's string-sentinel
-    comparison breaks the graph (torch 2.11), its up blocks compile separately; the chunked decode lifts dynamo's
-    recompile limit while it runs so they all stay compiled. The CogVideoX VAE is left as it is.
+    activations, padding and cache copies around cuDNN's convolutions. What compiles is the decoder's parts, not
+    its own forward (:func:`.wan_decode.decoder_parts` says why). Shapes are static: one set of graphs for the
+    first latent frame, one for the second chunk, one for the rest (and one for an uneven last chunk), all
+    compiled at the first decode of each resolution (17-60 s on an H100 in a new process); later decodes at that
+    resolution compile nothing. The chunked decode lifts dynamo's recompile limit while it runs, since the up
+    blocks share one forward. The CogVideoX VAE is left as it is.
 
-    Not used by the CLI or the nodes: in ``benchmarks/end_to_end.py --compile-vae`` on an H100 (torch 2.11) the
-    second decode of the process compiled 15 more graphs (42 s) before later decodes ran at 1.05 s; until that is
-    understood it stays an opt-in (docs/BENCHMARKS.md, "VAE decode").
+    Opt-in (``benchmarks/end_to_end.py --compile-vae``), not part of the CLI's ``--compile``: the first decode of
+    each resolution pays the compile.
     """
-    from .wan_decode import is_chunkable
+    from .wan_decode import decoder_parts, is_chunkable, is_decoder_compiled
 
     _check_mode(mode)
     if not is_chunkable(vae):
         logger.info("compile_vae_decoder: %s is not a Wan VAE; left uncompiled", type(vae).__name__)
         return False
-    if getattr(vae.decoder, "_compiled_call_impl", None) is None or getattr(vae, _OPTIONS_ATTR, None) != mode:
-        vae.decoder.compile(mode=mode, dynamic=False)
+    if not is_decoder_compiled(vae) or getattr(vae, _OPTIONS_ATTR, None) != mode:
+        for part in decoder_parts(vae):
+            part.compile(mode=mode, dynamic=False)
         setattr(vae, _OPTIONS_ATTR, mode)
-        logger.info("Compiled the %s decoder (mode=%s)", type(vae).__name__, mode)
+        logger.info("Compiled the %s decoder's parts (mode=%s)", type(vae).__name__, mode)
     return True
 
 

@@ -69,3 +69,13 @@ def test_bad_crf_fails_before_any_model_loads(tmp_path, capsys, monkeypatch):
     assert "fps=0 must be a positive number" in capsys.readouterr().err
     assert main(["--demo", "--output", str(tmp_path / "x.mp4"), "--vae-chunk", "0"]) == 2
     assert "--vae-chunk 0: give at least 1 latent frame" in capsys.readouterr().err
+
+
+def test_compile_vae_flag_compiles_the_wan_decoder_before_generating(tmp_path, monkeypatch):
+    import blade_ops.pipeline.compile as compile_module
+
+    compiled = []
+    monkeypatch.setattr(compile_module, "compile_vae_decoder", lambda vae, **kw: compiled.append(vae) or True)
+    assert main(["--demo", "--compile-vae", "--steps", "1", "--output", str(tmp_path / "v.mp4")]) == 0
+    assert len(compiled) == 1 and type(compiled[0]).__name__ == "AutoencoderKLWan"
+    assert (tmp_path / "v.mp4").exists()
