@@ -65,5 +65,25 @@ def test_toy_experiment_smoke(tmp_path):
           "--classifier-steps", "3", "--distill-steps", "2", "--distill-batch", "2", "--repeats", "1",
           "--cfg-scales", "3", "--device", "cpu"])
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [s["label"].split(" ")[0] for s in results["scores"]] == ["teacher"] * 3 + ["BLADE"] * 2
+    assert [s["label"].split(" ")[0] for s in results["scores"]] == ["teacher"] * 4 + ["BLADE"] * 2
     assert results["scores"][2]["density"] < 1.0 and (tmp_path / "toy_blade_lora.safetensors").is_file()
+    assert results["scores"][3]["setting"] == {"label": results["scores"][3]["label"], "sampler": "tdm", "steps": 8,
+                                               "guidance": 1.0, "asa": True, "lora": None}  # the student at step 0
+
+
+@pytest.mark.slow
+def test_toy_dense_student_ablation_and_distill_benchmark(tmp_path):
+    """--no-distill-asa distils and scores a dense student; --distill-benchmark only times steps."""
+    from training.toy.run_all import main
+
+    common = ["--small", "--teacher-steps", "10", "--teacher-batch", "4", "--classifier-steps", "3",
+              "--distill-batch", "2", "--repeats", "1", "--cfg-scales", "3", "--device", "cpu"]
+    main(["--output", str(tmp_path / "dense"), "--distill-steps", "2", "--no-distill-asa", *common])
+    scores = json.loads((tmp_path / "dense" / "results.json").read_text())["scores"]
+    students = [s for s in scores if s["setting"]["lora"]]
+    assert len(students) == 2 and all(s["density"] is None and not s["setting"]["asa"] for s in students)
+    main(["--output", str(tmp_path / "bench"), "--teacher", str(tmp_path / "dense" / "teacher"),
+          "--distill-benchmark", "1,2", *common])
+    rows = json.loads((tmp_path / "bench" / "results.json").read_text())["distill_benchmark"]
+    assert [r["batch_size"] for r in rows] == [1, 2] and all(r["seconds_per_step"] > 0 for r in rows)
+    assert "scores" not in json.loads((tmp_path / "bench" / "results.json").read_text())

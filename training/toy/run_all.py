@@ -50,6 +50,44 @@ def toy_asa(spec: ToySpec) -> dict:
     return {"block_size": 16, "num_keep": 4}
 
 
+def make_distiller(args, spec: ToySpec, teacher_dir: Path, emb_dir: Path, output_dir: Path, *, cfg: float, steps: int,
+                   batch: int) -> Distiller:
+    """A fresh Distiller of the toy teacher (student and fake score with ASA unless ``--no-distill-asa``)."""
+    from accelerate import Accelerator
+
+    device = torch.device(args.device)
+    config = build_config(dict(
+        model=str(teacher_dir), family="wan", prompt_embeddings=str(emb_dir), output_dir=str(output_dir),
+        **spec.video, lora_rank=args.lora_rank, lora_alpha=float(args.lora_rank), asa=args.distill_asa,
+        attention_backend="torch", asa_overrides=toy_asa(spec) if args.distill_asa else {}, guidance_scale=cfg,
+        negative_prompt_key="empty", max_train_steps=steps, train_batch_size=batch, gradient_accumulation_steps=1,
+        learning_rate=args.lr, learning_rate_fake=args.lr_fake, lr_warmup_steps=5,
+        mixed_precision="bf16" if device.type == "cuda" else "no", gradient_checkpointing=False,
+        checkpointing_steps=max(1, steps // 4), validation_steps=0, resume="",
+    ))
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=config.mixed_precision)
+    student_bundle, _ = load_toy_bundle(teacher_dir)
+    return Distiller(config, student_bundle, PromptEmbeddings.open(emb_dir), accelerator)
+
+
+def distill_benchmark(distiller_for, batches: list[int], device: torch.device, steps: int = 3) -> list[dict]:
+    """Steady-state seconds per distillation step at each batch size (one warm-up step, then ``steps`` timed)."""
+    rows = []
+    for batch in batches:
+        distiller = distiller_for(1000, f"bench_{batch}", batch)  # a long schedule: no checkpoint inside the timing
+        train(distiller, 1)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        logs = train(distiller, steps + 1)
+        seconds = sum(log.seconds for log in logs) / len(logs)  # each step ends on a loss read-out (a sync)
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        rows.append({"batch_size": batch, "seconds_per_step": seconds, "samples_per_s": batch / seconds,
+                     "peak_gib": peak})
+        logger.info("distill benchmark: %s", rows[-1])
+        del distiller
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True)
@@ -69,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-rank", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-fake", type=float, default=5e-4)
+    p.add_argument("--distill-asa", action=argparse.BooleanOptionalAction, default=True,
+                   help="ASA in the student and fake score (--no-distill-asa: the dense-student ablation)")
+    p.add_argument("--distill-benchmark", metavar="B,...",
+                   help="only time distillation steps at these batch sizes (e.g. 32,64,128,160) and exit")
     p.add_argument("--repeats", type=int, default=4, help="samples per prompt in the evaluation")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -126,21 +168,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. data-free distillation from the prompts alone
     emb_dir = encode_to_folder(bundle, prompts, out / "prompt_embeddings", dtype=torch.float32, model_name="toy-wan")
-    from accelerate import Accelerator
 
-    def distiller_for(steps: int, folder: str) -> Distiller:
-        config = build_config(dict(
-            model=str(teacher_dir), family="wan", prompt_embeddings=str(emb_dir), output_dir=str(out / folder),
-            **spec.video, lora_rank=args.lora_rank, lora_alpha=float(args.lora_rank), asa=True,
-            attention_backend="torch", asa_overrides=toy_asa(spec), guidance_scale=cfg, negative_prompt_key="empty",
-            max_train_steps=steps, train_batch_size=args.distill_batch, gradient_accumulation_steps=1,
-            learning_rate=args.lr, learning_rate_fake=args.lr_fake, lr_warmup_steps=5,
-            mixed_precision="bf16" if device.type == "cuda" else "no", gradient_checkpointing=False,
-            checkpointing_steps=max(1, steps // 4), validation_steps=0, resume="",
-        ))
-        accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=config.mixed_precision)
-        student_bundle, _ = load_toy_bundle(teacher_dir)
-        return Distiller(config, student_bundle, PromptEmbeddings.open(emb_dir), accelerator)
+    def distiller_for(steps: int, folder: str, batch: int | None = None) -> Distiller:
+        return make_distiller(args, spec, teacher_dir, emb_dir, out / folder, cfg=cfg, steps=steps,
+                              batch=batch or args.distill_batch)
+
+    if args.distill_benchmark:
+        results["distill_benchmark"] = distill_benchmark(
+            distiller_for, [int(b) for b in args.distill_benchmark.split(",")], device)
+        save()
+        return 0
 
     # A 3-step probe sizes the run so that its cosine schedule ends inside the time budget.
     probe = distiller_for(args.distill_steps, "distill_probe")
@@ -170,8 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         Setting("teacher 50-step + CFG", "baseline", 50, cfg),
         Setting("teacher 8-step + CFG", "blade", 8, cfg),
         Setting("teacher 8-step + CFG + ASA (training-free)", "blade", 8, cfg, asa=True),
-        Setting("BLADE student 8-step + ASA (blade sampler)", "blade", 8, 1.0, asa=True, lora=str(lora_path)),
-        Setting("BLADE student 8-step + ASA (tdm sampler)", "tdm", 8, 1.0, asa=True, lora=str(lora_path)),
+        # the student before distillation: what the LoRA starts from (the teacher, sparse, no CFG, tdm sampler)
+        Setting("teacher 8-step + ASA, no CFG (tdm sampler; the student at step 0)", "tdm", 8, 1.0, asa=True),
+    ]
+    sparse = args.distill_asa
+    student = "BLADE student 8-step + ASA" if sparse else "dense-distilled student 8-step, no ASA"
+    settings += [
+        Setting(f"{student} (blade sampler)", "blade", 8, 1.0, asa=sparse, lora=str(lora_path)),
+        Setting(f"{student} (tdm sampler)", "tdm", 8, 1.0, asa=sparse, lora=str(lora_path)),
     ]
     scores, examples = evaluate(bundle, text, empty, settings, classifier, geometry, asa_config, repeats=args.repeats)
     results["scores"] = [asdict(s) for s in scores]

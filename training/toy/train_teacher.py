@@ -82,6 +82,7 @@ def train_teacher(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     dgen = torch.Generator(device).manual_seed(seed + 1)  # the per-step randomness, on the device
     history, step = [], 0
+    running, counted = torch.zeros((), device=device), 0  # loss summed on the device: logged as a mean, no sync
     timed_from, timed_steps = None, 0  # steady-state step time: from step 20 on (after compile and warmup)
     start = time.perf_counter()
     for step in range(1, steps + 1):
@@ -107,6 +108,8 @@ def train_teacher(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model_params, 1.0, foreach=True)
         opt.step()
+        running += loss.detach()
+        counted += 1
         with torch.no_grad():
             decay = min(ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema_params, model_params, 1 - decay)
@@ -116,7 +119,10 @@ def train_teacher(
         elif timed_from is not None:
             timed_steps += 1
         if step % log_every == 0 or step == 1:
-            history.append((step, loss.item()))
+            # the mean over the steps since the last log line: one batch's loss is too noisy to see it flatten
+            history.append((step, running.item() / counted))
+            running.zero_()
+            counted = 0
             logger.info("step %d loss %.4f (%.0f s)", step, history[-1][1], time.perf_counter() - start)
         if time.perf_counter() - start > time_budget:
             logger.info("time budget of %.0f s reached at step %d", time_budget, step)
@@ -126,8 +132,8 @@ def train_teacher(
     step_ms = 1000 * (time.perf_counter() - timed_from) / timed_steps if timed_steps else None
     if step_ms is not None:
         logger.info("steady-state step: %.1f ms at batch %d", step_ms, batch_size)
-    if not history or history[-1][0] != step:
-        history.append((step, loss.item()))
+    if counted:
+        history.append((step, running.item() / counted))
     bundle.transformer = ema.float()
     bundle.text_encoder.to("cpu")
     return bundle, {"steps": step, "seconds": seconds, "history": history, "step_ms": step_ms,
@@ -181,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                                  seed=args.seed, time_budget=args.time_budget,
                                  compile_blocks=args.compile)
     save_toy_folder(bundle, spec, Path(args.output))
+    info["lr"], info["seed"] = args.lr, args.seed
+    (Path(args.output) / "training.json").write_text(json.dumps(info, indent=1))
     logger.info("Saved the toy teacher (%d steps, %.0f s) to %s", info["steps"], info["seconds"], args.output)
     return 0
 
