@@ -139,10 +139,9 @@ def compile_decoder(vae, mode="default"):
 
 
 def uncompile_decoder(vae):
-    from blade_ops.pipeline.wan_decode import decoder_parts
+    from blade_ops.pipeline.compile import uncompile_vae_decoder
 
-    for part in decoder_parts(vae):
-        part._compiled_call_impl = None
+    uncompile_vae_decoder(vae)
 
 
 def pipeline_decode_fn(vae, z32):

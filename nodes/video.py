@@ -50,6 +50,17 @@ def _vae_latent_channels(vae) -> int:
     return int(cfg.get("z_dim") or cfg.get("latent_channels") or vae.family.latent_channels)
 
 
+def _set_decoder_compiled(vae, compiled: bool) -> None:
+    """Compile the Wan decoder for this run, or undo an earlier node run's compile (the VAE object is shared)."""
+    from ..blade_ops.pipeline.compile import compile_vae_decoder, uncompile_vae_decoder
+
+    if compiled:
+        if not compile_vae_decoder(vae):
+            log.info("BLADE VAE Decode: compile applies to the Wan VAE only; %s decodes as it is", type(vae).__name__)
+    else:
+        uncompile_vae_decoder(vae)
+
+
 class BladeVAEDecode:
     """Decode BLADE Sampler latents, or a native ComfyUI video LATENT, to frames."""
 
@@ -74,14 +85,22 @@ class BladeVAEDecode:
                                       "(e.g. KSampler with a native Wan model)."}),
                 "tiled": ("BOOLEAN", {"default": False,
                                       "tooltip": "Decode in overlapping tiles: slower, far less memory."}),
-            }
+            },
+            "optional": {
+                "compile": ("BOOLEAN", {"default": False,
+                                        "tooltip": "Wan on a CUDA GPU: torch.compile the decoder. The first decode "
+                                        "at each size takes 15-60 s longer, later ones about 25% less time "
+                                        "(1.36 s instead of 1.78 s at 81x480x832 on an H100). Other VAEs and "
+                                        "devices decode as they are."}),
+            },
         }
 
-    def decode(self, vae, latent: dict, tiled: bool = False) -> tuple[torch.Tensor]:
+    def decode(self, vae, latent: dict, tiled: bool = False, compile: bool | None = None) -> tuple[torch.Tensor]:
         from ..blade_ops.models import on_device
         from ..blade_ops.pipeline import decode
 
         latents = model_latents(latent, vae)
+        _set_decoder_compiled(vae.vae, bool(compile) and not tiled and bridge.torch_device().type == "cuda")
         bridge.check_interrupted()
         bridge.free_comfy_memory()
         advice = "Turn on 'tiled' in BLADE VAE Decode, or load the VAE with dtype bf16/fp16."

@@ -282,7 +282,7 @@ def build(recipe: Recipe) -> Graph:
     g.connect(source, output, sampler, "model")
     g.connect(encode, "embeds", sampler, "embeds")
     vae = g.add("BladeVAELoader", (800, 420), vae_name=files["vae"], family=family, dtype="bf16")
-    decode = g.add("BladeVAEDecode", (1200, 0), tiled=family == "cogvideox")
+    decode = g.add("BladeVAEDecode", (1200, 0), tiled=family == "cogvideox", compile=False)
     g.connect(vae, "vae", decode, "vae")
     g.connect(sampler, "latent", decode, "latent")
     save = g.add("BladeSaveVideo", (1200, 200), filename_prefix=f"BLADE/{recipe.name}", fps=float(fps), crf=19)

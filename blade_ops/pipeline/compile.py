@@ -22,7 +22,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COMPILE_MODES", "compile_transformer", "compile_vae_decoder", "is_compiled"]
+__all__ = ["COMPILE_MODES", "compile_transformer", "compile_vae_decoder", "is_compiled", "uncompile_vae_decoder"]
 
 # torch.compile's modes. "reduce-overhead" (CUDA graphs) is accepted but not what the blocks are meant for: each
 # graph piece around ASA's eager attention would be a separate CUDA graph whose outputs are overwritten on replay.
@@ -84,6 +84,19 @@ def compile_vae_decoder(vae: nn.Module, *, mode: str = "default") -> bool:
             part.compile(mode=mode, dynamic=False)
         setattr(vae, _OPTIONS_ATTR, mode)
         logger.info("Compiled the %s decoder's parts (mode=%s)", type(vae).__name__, mode)
+    return True
+
+
+def uncompile_vae_decoder(vae: nn.Module) -> bool:
+    """Undo :func:`compile_vae_decoder` (the decoder runs eagerly again); True if it was compiled."""
+    from .wan_decode import decoder_parts, is_chunkable, is_decoder_compiled
+
+    if not is_chunkable(vae) or not is_decoder_compiled(vae):
+        return False
+    for part in decoder_parts(vae):
+        part._compiled_call_impl = None
+    if hasattr(vae, _OPTIONS_ATTR):
+        delattr(vae, _OPTIONS_ATTR)
     return True
 
 

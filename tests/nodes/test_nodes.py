@@ -214,6 +214,23 @@ def test_decode_takes_native_comfyui_latents(pack, nodes, models_dir, wan, wan_e
     assert not torch.allclose(halved, ours)
 
 
+def test_decode_compile_toggle(nodes, models_dir, wan, wan_embeds):
+    """'compile' compiles the Wan decoder only on a CUDA device; switching it off undoes an earlier compile of the
+    shared VAE, and the frames stay the same."""
+    from blade_pack.blade_ops.pipeline.wan_decode import is_decoder_compiled
+    from blade_pack.nodes.video import _set_decoder_compiled
+
+    (vae,) = nodes["BladeVAELoader"]().load(str(models_dir / "diffusers" / TINY_NAMES["wan"]), "auto", "fp32")
+    latent = _sample(nodes, wan, wan_embeds)
+    (eager,) = nodes["BladeVAEDecode"]().decode(vae, latent, False)
+    (on_cpu,) = nodes["BladeVAEDecode"]().decode(vae, latent, False, True)  # this machine's device is the CPU
+    assert not is_decoder_compiled(vae.vae) and torch.equal(on_cpu, eager)
+    _set_decoder_compiled(vae.vae, True)  # what a run on a GPU leaves behind
+    assert is_decoder_compiled(vae.vae)
+    (again,) = nodes["BladeVAEDecode"]().decode(vae, latent, False, False)
+    assert not is_decoder_compiled(vae.vae) and torch.equal(again, eager)
+
+
 def test_decode_and_save(nodes, models_dir, wan, wan_embeds, comfy_env):
     from blade_pack.blade_ops.video_io import read_mp4
 
