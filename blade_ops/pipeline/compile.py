@@ -70,8 +70,8 @@ def compile_vae_decoder(vae: nn.Module, *, mode: str = "default") -> bool:
     resolution compile nothing. The chunked decode lifts dynamo's recompile limit while it runs, since the up
     blocks share one forward. The CogVideoX VAE is left as it is.
 
-    Opt-in (``benchmarks/end_to_end.py --compile-vae``), not part of the CLI's ``--compile``: the first decode of
-    each resolution pays the compile.
+    Opt-in everywhere (the CLI's and ``benchmarks/end_to_end.py``'s ``--compile-vae``, BLADE VAE Decode's
+    ``compile``), since the first decode of each resolution pays the compile.
     """
     from .wan_decode import decoder_parts, is_chunkable, is_decoder_compiled
 
