@@ -138,12 +138,6 @@ def compile_decoder(vae, mode="default"):
     compile_vae_decoder(vae, mode=mode)
 
 
-def uncompile_decoder(vae):
-    from blade_ops.pipeline.compile import uncompile_vae_decoder
-
-    uncompile_vae_decoder(vae)
-
-
 def pipeline_decode_fn(vae, z32):
     from blade_ops.pipeline.decode import decode
 
@@ -185,6 +179,8 @@ def main() -> None:
         ref = out if ref is None else ref
         del out
     if args.compile:
+        from blade_ops.pipeline.compile import uncompile_vae_decoder
+
         vae = vaes[torch.bfloat16]
         for chunk, cl in [(4, False), (4, True), (2, True)]:
             compile_decoder(vae)
@@ -199,7 +195,7 @@ def main() -> None:
             label = f"chunked, decoder compiled{', channels-last' if cl else ''} (first call {first:.0f} s)"
             out = record("wan2.1-t2v-1.3b", label, torch.bfloat16, chunk, seconds, peak, out, ref)
             channels_last_3d(vae, False)
-            uncompile_decoder(vae)
+            uncompile_vae_decoder(vae)
             del out
         post = time_postprocess(decode_wan_chunked(vae, z32.to(torch.bfloat16), 4), args.repeats)
         rows.append(dict(variant="postprocess", timings=post))
