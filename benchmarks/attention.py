@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from blade_ops.attention._estimate_triton import fp8_supported, launch_config  # noqa: E402
 from blade_ops.attention._permute import permute_and_fold, permute_tokens  # noqa: E402
 from blade_ops.attention.asa import ASAStats, asa_attention, pool_kv  # noqa: E402
 from blade_ops.attention.backends import get_backend  # noqa: E402
@@ -124,11 +125,16 @@ def check_correctness(results: dict) -> None:
         k = torch.randn(1, 2, length, d, device=dev, dtype=torch.bfloat16)
         off = sample_offsets(1, 2, s, 128, dev)
         ref = estimate_block_importance(q, k, off, 128, impl="torch")
-        out = estimate_block_importance(q, k, off, 128, impl="triton")
+        out = estimate_block_importance(q, k, off, 128, impl="triton", precision="bf16")
         err = float((out - ref).abs().max() / ref.abs().max())
         checks[f"estimate_d{d}_L{length}_S{s}_max_rel_err"] = err
         if not torch.isfinite(out).all() or err > 1e-2:
             raise RuntimeError(f"fused estimate disagrees with the reference: {err}")
+        if fp8_supported(q.device):  # the fp8 kernel vs the reference on the same e4m3 tokens
+            ref8 = estimate_block_importance(q, k, off, 128, impl="torch", precision="fp8")
+            out8 = estimate_block_importance(q, k, off, 128, impl="triton", precision="fp8")
+            err8 = float((out8 - ref8).abs().max() / ref8.abs().max())
+            checks[f"estimate_fp8_d{d}_L{length}_S{s}_max_rel_err"] = err8
     # 1b. fused rule vs the PyTorch rule
     from blade_ops.attention.backends import KVBias
     from blade_ops.attention.mask import select_blocks
@@ -307,10 +313,11 @@ def bench_shape(name: str, args, results: dict) -> None:
     r["t_inverse_ms"] = _bench(lambda: permute_tokens(out, inverse, perm))
     qc, kc = q.index_select(2, perm), k.index_select(2, perm)
     offsets = sample_offsets(b, h, cfg.num_keep, 128, q.device)
-    from blade_ops.attention._estimate_triton import launch_config
-
-    r["estimate_config"] = launch_config(cfg.num_keep, d)
+    precision = "fp8" if fp8_supported(q.device) else "bf16"  # what "auto" resolves to here
+    r["estimate_precision"] = precision
+    r["estimate_config"] = launch_config(cfg.num_keep, d, precision)
     r["t_estimate_ms"] = _bench(lambda: estimate_block_importance(qc, kc, offsets, 128))
+    r["t_estimate_bf16_ms"] = _bench(lambda: estimate_block_importance(qc, kc, offsets, 128, precision="bf16"))
     from blade_ops.attention.mask import select_blocks, text_block_range
 
     imp = estimate_block_importance(qc, kc, offsets, 128)
@@ -351,7 +358,21 @@ def bench_shape(name: str, args, results: dict) -> None:
     p = torch.softmax(s, dim=-1)
     keep = sel.dense[:, :, rows // 128, :].repeat_interleave(128, dim=-1)[..., :length]
     r["attention_mass_kept"] = float((p * keep).sum(-1).mean())
-    del s, p, keep
+    # the same with a bf16 estimate: what the fp8 estimate changes in the selection, the mass and the output
+    cfg_bf16 = ASAConfig.from_dict({**cfg.to_dict(), "estimate_precision": "bf16"})
+    plans_bf16: list = []
+    out_bf16 = asa_attention(q, k, v, grid=grid, num_text_tokens=nt, config=cfg_bf16, backend="flex",
+                             plan_out=plans_bf16)
+    sel_bf16 = plans_bf16[0].selection
+    keep = sel_bf16.dense[:, :, rows // 128, :].repeat_interleave(128, dim=-1)[..., :length]
+    r["attention_mass_kept_bf16_estimate"] = float((p * keep).sum(-1).mean())
+    r["density_bf16_estimate"] = float(sel_bf16.density())
+    r["rel_err_vs_dense_bf16_estimate"] = rel_err(out_bf16, dense_out)
+    r["selection_jaccard_fp8_vs_bf16"] = float((sel.dense & sel_bf16.dense).sum() / (sel.dense | sel_bf16.dense).sum())
+    r["asa_fwd_bf16_estimate_ms"] = _bench(
+        lambda: asa_attention(q, k, v, grid=grid, num_text_tokens=nt, config=cfg_bf16, backend="flex")
+    )
+    del s, p, keep, out_bf16
     # the sparse kernel alone (block mask prebuilt), with a few tile options
     if args.variants:
         from torch.nn.attention.flex_attention import flex_attention
@@ -470,7 +491,7 @@ def render_markdown(results: dict, command: str) -> str:
     lines += [
         "",
         "| shape | density | mass kept | rel. error vs dense (without global branch) | reorder, pooling, inverse | "
-        "estimate S=32 (S=16) | rule | block mask fwd (f+b) | sparse kernel alone | "
+        "estimate S=32 (S=16; bf16 S=32) | rule | block mask fwd (f+b) | sparse kernel alone | "
         "estimate+rule+mask share | kernel TFLOP/s on kept FLOPs (vs dense) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -485,7 +506,8 @@ def render_markdown(results: dict, command: str) -> str:
             f"| {name} | {f(r['density'], '.3f')} | {f(r['attention_mass_kept'], '.3f')} | "
             f"{f(r['rel_err_vs_dense'], '.3f')} ({f(r.get('rel_err_vs_dense_no_global'), '.3f')}) | "
             f"{f(r['t_reorder_ms'] + r['t_inverse_ms'] + r.get('t_pool_ms', 0.0) + r.get('t_cat_fold_ms', 0.0))} | "
-            f"{f(r['t_estimate_ms'])} ({f(r.get('t_estimate_S16_ms'))}) | {f(r['t_rule_ms'])} | "
+            f"{f(r['t_estimate_ms'])} ({f(r.get('t_estimate_S16_ms'))}; {f(r.get('t_estimate_bf16_ms'))}) | "
+            f"{f(r['t_rule_ms'])} | "
             f"{f(r['t_blockmask_fwd_ms'])} ({f(r['t_blockmask_fwdbwd_ms'])}) | "
             f"{f(kernel)} | {f(100 * share, '.0f')}% | "
             f"{f(r['kernel_tflops_on_kept'], '.0f')} ({f(100 * r['kernel_tflops_on_kept'] / best, '.0f')}% of "
@@ -517,6 +539,19 @@ def render_markdown(results: dict, command: str) -> str:
                 "forward minus sparse kernel, reorder and inverse, the kernel timed alone with the options the "
                 "pipeline passes)"
             )
+        for fam in SHAPES:
+            rf = results.get(fam, {})
+            if "asa_fwd_bf16_estimate_ms" in rf:
+                lines.append(
+                    f"- {fam}, estimate in {rf['estimate_precision']} (the default on this GPU) against bf16: "
+                    f"ASA forward {rf['asa_fwd_ms']:.2f} against {rf['asa_fwd_bf16_estimate_ms']:.2f} ms, estimate "
+                    f"{rf['t_estimate_ms']:.2f} against {rf['t_estimate_bf16_ms']:.2f} ms; density "
+                    f"{rf['density']:.3f} against {rf['density_bf16_estimate']:.3f}, attention mass kept "
+                    f"{rf['attention_mass_kept']:.3f} against {rf['attention_mass_kept_bf16_estimate']:.3f}, relative "
+                    f"error vs dense {rf['rel_err_vs_dense']:.3f} against {rf['rel_err_vs_dense_bf16_estimate']:.3f}; "
+                    f"the two selections share {100 * rf['selection_jaccard_fp8_vs_bf16']:.1f}% of their blocks "
+                    "(intersection over union)"
+                )
         if "asa_fwd_S16_ms" in wan:
             lines.append(
                 f"- with num_keep=16 (the paper's value): ASA forward {wan['asa_fwd_S16_ms']:.2f} ms "
@@ -530,8 +565,12 @@ def render_markdown(results: dict, command: str) -> str:
             "",
             "- The estimate's work is inherent in the method: sampled queries x sampled keys is "
             "2·(L·S/128)²·D FLOPs per head (about 3% of dense at num_keep=32); the fused kernel runs it at about "
-            f"{_estimate_tflop(wan) / wan['t_estimate_ms'] * 1e3:.0f} TFLOP/s at the Wan shape and never writes "
-            "the sampled scores.",
+            f"{_estimate_tflop(wan) / wan['t_estimate_ms'] * 1e3:.0f} TFLOP/s at the Wan shape in "
+            f"{wan.get('estimate_precision', 'bf16')} (bf16: "
+            f"{_estimate_tflop(wan) / wan.get('t_estimate_bf16_ms', wan['t_estimate_ms']) * 1e3:.0f}) and never "
+            "writes the sampled scores. The fp8 estimate scores e4m3 copies of the sampled tokens (a scale per "
+            "sampled query, one per sampled key block, applied to the block maxima): it only ranks blocks, and "
+            "`estimate_precision=\"bf16\"` turns it off.",
             "- The BlockMask's block lists come from one Triton prefix-sum launch per side, identical to the stable "
             "sorts of the CPU path (query-side lists only when gradients are needed).",
             "- The global branch follows the reference: every query attends to the pooled tokens of all blocks "

@@ -149,7 +149,9 @@ def asa_plan(
     bs = config.block_size
     nkb = -(-length // bs)
     offsets = _offsets(b, h, config.num_keep, bs, q.device)
-    importance = estimate_block_importance(q.detach(), k.detach(), offsets, bs, impl=impl)
+    importance = estimate_block_importance(
+        q.detach(), k.detach(), offsets, bs, impl=impl, precision=config.estimate_precision
+    )
     return select_blocks(
         importance,
         config.tau,

@@ -10,6 +10,11 @@ replicating the last token (a clamped index, nothing is copied). No gradient flo
 
 On CUDA a fused Triton kernel (``_estimate_triton``) computes the same P without materialising the sampled
 score matrix; the PyTorch version here is the reference and the CPU path.
+
+``precision="fp8"`` computes the scores from e4m3 copies of the sampled tokens (a scale per sampled query and
+one per sampled key block, amax / 448): on GPUs with fp8 tensor cores the estimate then costs about 60% of the
+bf16 one, and it only ranks blocks, so the selection it leads to keeps the same attention mass (docs/BENCHMARKS.md).
+"auto" picks fp8 where the fused kernel can run it, else bf16.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["sample_offsets", "estimate_block_importance", "estimate_block_importance_reference"]
+__all__ = [
+    "ESTIMATE_PRECISIONS", "sample_offsets", "estimate_block_importance", "estimate_block_importance_reference",
+    "quantise_sampled_reference",
+]
+
+ESTIMATE_PRECISIONS = ("auto", "bf16", "fp8")
+_FP8_MAX = 448.0  # largest finite e4m3 value
 
 _HASH_MULT = 0x9E3779B1  # odd 32-bit golden-ratio constant: a cheap integer hash for jitter
 
@@ -58,16 +69,46 @@ def _sample_rows(x: torch.Tensor, offsets: torch.Tensor, block_size: int) -> tor
 
 
 @torch.no_grad()
+def quantise_sampled_reference(
+    x: torch.Tensor, offsets: torch.Tensor, block_size: int, per_block: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampled rows of x as e4m3 [B, H, nb, S, D] and float32 scales [B, H, nb, S] (per row) or [B, H, nb].
+
+    scale = amax / 448 over a sampled row (or, with ``per_block``, over a block's sampled rows), 1 where the amax
+    is 0; values are multiplied by 1/scale and rounded to nearest even, as the fused kernel does.
+    """
+    xs = _sample_rows(x, offsets, block_size).float()
+    amax = xs.abs().amax(dim=(-2, -1) if per_block else -1)
+    scales = torch.where(amax > 0, amax / _FP8_MAX, torch.ones_like(amax))
+    inv = (1.0 / scales)[..., None, None] if per_block else (1.0 / scales)[..., None]
+    return (xs * inv).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn), scales
+
+
+def _dequantised_samples(x: torch.Tensor, offsets: torch.Tensor, block_size: int, per_block: bool) -> torch.Tensor:
+    x8, scales = quantise_sampled_reference(x, offsets, block_size, per_block)
+    return x8.float() * (scales[..., None, None] if per_block else scales[..., None])
+
+
+@torch.no_grad()
 def estimate_block_importance_reference(
-    q: torch.Tensor, k: torch.Tensor, offsets: torch.Tensor, block_size: int, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, offsets: torch.Tensor, block_size: int, scale: float | None = None,
+    precision: str = "bf16",
 ) -> torch.Tensor:
     """Row-normalised block importance P [B, H, nqb, nkb] float32 (plain PyTorch; materialises the scores).
 
-    q [B, H, Lq, D], k [B, H, Lk, D], offsets [B, H, S] int (from :func:`sample_offsets`).
+    q [B, H, Lq, D], k [B, H, Lk, D], offsets [B, H, S] int (from :func:`sample_offsets`). ``precision``:
+    "bf16" scores the tokens as given (in float32), "fp8" scores their quantised copies
+    (:func:`quantise_sampled_reference`), which is what the fp8 kernel computes.
     """
+    if precision not in ("bf16", "fp8"):
+        raise ValueError(f"precision={precision!r} must be 'bf16' or 'fp8' for the reference estimate.")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    qs = _sample_rows(q, offsets, block_size).float()  # [B, H, nqb, S, D]
-    ks = _sample_rows(k, offsets, block_size).float()  # [B, H, nkb, S, D]
+    if precision == "fp8":
+        qs = _dequantised_samples(q, offsets, block_size, per_block=False)  # [B, H, nqb, S, D]
+        ks = _dequantised_samples(k, offsets, block_size, per_block=True)  # [B, H, nkb, S, D]
+    else:
+        qs = _sample_rows(q, offsets, block_size).float()  # [B, H, nqb, S, D]
+        ks = _sample_rows(k, offsets, block_size).float()  # [B, H, nkb, S, D]
     b, h, nqb, s, d = qs.shape
     nkb = ks.shape[2]
     scores = torch.matmul(qs.view(b, h, nqb * s, d), ks.view(b, h, nkb * s, d).transpose(-1, -2)) * scale
@@ -85,18 +126,24 @@ def estimate_block_importance(
     block_size: int,
     scale: float | None = None,
     impl: str = "auto",
+    precision: str = "auto",
 ) -> torch.Tensor:
     """Block importance P [B, H, nqb, nkb] float32, rows summing to 1.
 
     ``impl``: "torch" (reference), "triton" (fused CUDA kernel) or "auto" (Triton on CUDA when the sample count
-    is a power of two >= 16 and Triton imports, else the reference).
+    is a power of two >= 16 and Triton imports, else the reference). ``precision``: "bf16", "fp8" or "auto"
+    (fp8 when the Triton kernel runs on a GPU with fp8 tensor cores, else bf16).
     """
     if impl not in ("auto", "torch", "triton"):
         raise ValueError(f"impl={impl!r} must be 'auto', 'torch' or 'triton'.")
+    if precision not in ESTIMATE_PRECISIONS:
+        raise ValueError(f"precision={precision!r} must be one of {ESTIMATE_PRECISIONS}.")
     if impl == "auto":
         impl = "triton" if _triton_usable(q, offsets.shape[-1], block_size) else "torch"
+    if precision == "auto":
+        precision = "fp8" if impl == "triton" and _fp8_usable(q) else "bf16"
     if impl == "torch":
-        return estimate_block_importance_reference(q, k, offsets, block_size, scale)
+        return estimate_block_importance_reference(q, k, offsets, block_size, scale, precision)
     if not _triton_usable(q, offsets.shape[-1], block_size):
         raise RuntimeError(
             "The Triton estimate needs CUDA tensors, the 'triton' package (pip install triton) and num_keep a power "
@@ -104,7 +151,7 @@ def estimate_block_importance(
         )
     from ._estimate_triton import estimate_block_importance_triton
 
-    return estimate_block_importance_triton(q, k, offsets, block_size, scale)
+    return estimate_block_importance_triton(q, k, offsets, block_size, scale, precision=precision)
 
 
 def _triton_usable(q: torch.Tensor, num_keep: int, block_size: int) -> bool:
@@ -113,3 +160,9 @@ def _triton_usable(q: torch.Tensor, num_keep: int, block_size: int) -> bool:
     from . import _estimate_triton
 
     return _estimate_triton.AVAILABLE
+
+
+def _fp8_usable(q: torch.Tensor) -> bool:
+    from . import _estimate_triton
+
+    return q.is_cuda and _estimate_triton.fp8_supported(q.device)

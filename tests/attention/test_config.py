@@ -37,6 +37,7 @@ def test_defaults_and_presets():
         ({"dense_layers": (1, -2)}, "dense_layers"),
         ({"use_global": 1}, "use_global=1"),
         ({"global_mode": "both"}, "global_mode='both'"),
+        ({"estimate_precision": "fp16"}, "estimate_precision='fp16' is not one of"),
     ],
 )
 def test_validation(kwargs, text):
@@ -66,3 +67,11 @@ def test_dict_round_trip():
     assert ASAConfig.from_dict(d) == c
     with pytest.raises(ValueError, match="Unknown ASAConfig keys"):
         ASAConfig.from_dict({**d, "topk": 3})
+
+
+def test_estimate_precisions_match_the_estimate():
+    from blade_ops.attention import config, estimate
+
+    assert config.ESTIMATE_PRECISIONS == estimate.ESTIMATE_PRECISIONS
+    assert ASAConfig().estimate_precision == "auto"
+    assert ASAConfig.from_dict(ASAConfig(estimate_precision="bf16").to_dict()).estimate_precision == "bf16"

@@ -10,7 +10,14 @@ import math
 import pytest
 import torch
 
-from blade_ops.attention.estimate import estimate_block_importance, sample_offsets
+from blade_ops.attention.estimate import (
+    _sample_rows,
+    estimate_block_importance,
+    estimate_block_importance_reference,
+    quantise_sampled_reference,
+    sample_offsets,
+)
+from blade_ops.attention.mask import select_blocks
 
 
 def _naive(q, k, offsets, bs):
@@ -71,6 +78,73 @@ def test_triton_requires_cuda():
         estimate_block_importance(q, q, sample_offsets(1, 1, 16, 16, "cpu"), 16, impl="triton")
     with pytest.raises(ValueError, match="impl='cuda'"):
         estimate_block_importance(q, q, sample_offsets(1, 1, 16, 16, "cpu"), 16, impl="cuda")
+    with pytest.raises(ValueError, match="precision='int8'"):
+        estimate_block_importance(q, q, sample_offsets(1, 1, 16, 16, "cpu"), 16, precision="int8")
+
+
+@pytest.mark.parametrize("per_block", [False, True])
+def test_fp8_quantisation_scales_and_rounding(per_block):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 300, 16) * torch.logspace(-3, 2, 300).view(1, 1, 300, 1)
+    x[0, 0, :64] = 0.0  # an all-zero block: scale 1, values 0
+    off = sample_offsets(2, 3, 8, 64, "cpu")
+    x8, scales = quantise_sampled_reference(x, off, 64, per_block)
+    xs = _sample_rows(x, off, 64).float()  # [B, H, nb, S, D]
+    assert x8.dtype == torch.float8_e4m3fn and x8.shape == xs.shape
+    assert scales.shape == (xs.shape[:3] if per_block else xs.shape[:4])
+    amax = xs.abs().amax(dim=(-2, -1) if per_block else -1)
+    nonzero = amax > 0
+    torch.testing.assert_close(scales[nonzero], amax[nonzero] / 448.0)
+    assert (scales[~nonzero] == 1).all() and (x8[0, 0, 0].float() == 0).all()
+    y = xs / (scales[..., None, None] if per_block else scales[..., None])
+    # round to nearest: half an e4m3 step (2^-4 relative for normals, 2^-10 absolute for subnormals)
+    assert ((x8.float() - y).abs() <= y.abs() * 2**-4 + 2**-10 + 1e-6).all()
+    assert x8.float().abs().amax() == 448.0  # the largest value of each scale group lands on 448
+
+
+def _smooth_qk(length: int, d: int, heads: int = 2, seed: int = 0):
+    """q, k [1, heads, L, D] from a smooth 1D feature sequence: attention concentrates on nearby blocks."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0, 1, length)
+    freqs = torch.randn(16, generator=g) * 8
+    feats = torch.cat([torch.sin(2 * math.pi * freqs * t[:, None]), torch.cos(2 * math.pi * freqs * t[:, None])], 1)
+    a = torch.randn(heads, 32, d, generator=g) / math.sqrt(32)
+    ak = a + 0.3 * torch.randn(a.shape, generator=g) / math.sqrt(32)
+    q = torch.einsum("lc,hcd->hld", feats, a)[None] * 3 + 0.3 * torch.randn(1, heads, length, d, generator=g)
+    k = torch.einsum("lc,hcd->hld", feats, ak)[None] + 0.3 * torch.randn(1, heads, length, d, generator=g)
+    return q, k
+
+
+def test_fp8_estimate_keeps_the_same_attention_mass():
+    """fp8 only ranks blocks: its selection keeps the dense softmax mass of the bf16 selection (within 0.005)."""
+    length, d, bs = 2048, 64, 128
+    q, k = _smooth_qk(length, d)
+    off = sample_offsets(1, 2, 32, bs, "cpu")
+    nkb = length // bs
+    probs = (q @ k.transpose(-1, -2) / math.sqrt(d)).softmax(-1).view(1, 2, length, nkb, bs).sum(-1)
+    masses, densities = {}, {}
+    for precision in ("bf16", "fp8"):
+        p = estimate_block_importance(q, k, off, bs, precision=precision, impl="torch")
+        assert torch.isfinite(p).all()
+        torch.testing.assert_close(p.sum(-1), torch.ones(p.shape[:-1]), atol=1e-5, rtol=0)
+        sel = select_blocks(p, 0.95, 1, 4)
+        rows = sel.dense[:, :, torch.arange(length) // bs].float()
+        masses[precision] = (probs * rows).sum(-1).mean().item()
+        densities[precision] = sel.density().item()
+    assert masses["bf16"] > 0.9  # the inputs are local enough for the rule to matter
+    assert abs(masses["fp8"] - masses["bf16"]) <= 0.005, masses
+    assert abs(densities["fp8"] - densities["bf16"]) <= 0.02, densities
+    p16 = estimate_block_importance_reference(q, k, off, bs)
+    p8 = estimate_block_importance_reference(q, k, off, bs, precision="fp8")
+    diff = (p8 - p16).abs()
+    assert 0 < diff.max() < 0.1 and diff.mean() < 2e-3, (diff.max(), diff.mean())  # quantised: close, not equal
+
+
+def test_auto_precision_is_bf16_on_cpu():
+    q, k = _smooth_qk(512, 32)
+    off = sample_offsets(1, 2, 16, 128, "cpu")
+    auto = estimate_block_importance(q, k, off, 128)
+    assert torch.equal(auto, estimate_block_importance_reference(q, k, off, 128, precision="bf16"))
 
 
 @pytest.mark.gpu
@@ -81,5 +155,26 @@ def test_triton_matches_reference(d, length, s):
     k = torch.randn(2, 3, length, d, device="cuda", dtype=torch.bfloat16)
     off = sample_offsets(2, 3, s, 128, "cuda")
     ref = estimate_block_importance(q, k, off, 128, impl="torch")
-    out = estimate_block_importance(q, k, off, 128, impl="triton")
+    out = estimate_block_importance(q, k, off, 128, impl="triton", precision="bf16")
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d, length, s", [(128, 4000, 32), (64, 3000, 16), (64, 128 * 7, 32)])
+def test_triton_fp8_matches_its_reference(d, length, s):
+    from blade_ops.attention._estimate_triton import fp8_supported, quantise_sampled_triton
+
+    if not fp8_supported(torch.device("cuda")):
+        pytest.skip("this GPU has no fp8 tensor cores (compute capability < 8.9)")
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, length, d, device="cuda", dtype=torch.bfloat16) * 3
+    k = torch.randn(2, 3, length, d, device="cuda", dtype=torch.bfloat16)
+    off = sample_offsets(2, 3, s, 128, "cuda")
+    for x, per_block in ((q, False), (k, True)):  # the hardware conversion rounds as torch does
+        x8, scales = quantise_sampled_triton(x, off, 128, per_block)
+        r8, rscales = quantise_sampled_reference(x, off, 128, per_block)
+        assert torch.equal(x8.view(r8.shape).float(), r8.float()) and torch.equal(scales.view(rscales.shape), rscales)
+    ref = estimate_block_importance(q, k, off, 128, impl="torch", precision="fp8")
+    out = estimate_block_importance(q, k, off, 128)  # auto: the fp8 kernel on this GPU
+    assert torch.isfinite(out).all()
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-3)

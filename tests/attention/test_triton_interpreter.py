@@ -77,3 +77,40 @@ def test_fused_estimate_matches_reference():
                 torch.testing.assert_close(out.sum(-1), torch.ones_like(out[..., 0]), atol=1e-5, rtol=0)
         """
     )
+
+
+def test_fp8_estimate_matches_reference_on_its_quantised_tokens():
+    """The fp8 kernel computes the reference estimate of the e4m3 tokens its quantiser wrote, with the scales the
+    reference takes. (The interpreter's float->e4m3 conversion is not the hardware's: it flushes subnormals and
+    drops the carry when rounding up to a power of two, so the rounded values are compared exactly on the GPU,
+    tests/attention/test_estimate.py.)"""
+    _run(
+        """
+        import torch
+        from blade_ops.attention._estimate_triton import estimate_block_importance_triton, quantise_sampled_triton
+        from blade_ops.attention.estimate import _sample_rows, estimate_block_importance_reference, sample_offsets
+
+        torch.manual_seed(0)
+        for b, h, length, d, s, bs in [(1, 2, 1000, 64, 16, 128), (2, 1, 700, 32, 16, 64), (1, 1, 900, 64, 32, 128)]:
+            q, k = torch.randn(b, h, length, d) * 3, torch.randn(b, h, length, d)
+            off = sample_offsets(b, h, s, bs, "cpu")
+            nb = -(-length // bs)
+            deq = {}
+            for name, x, per_block in (("q", q, False), ("k", k, True)):
+                x8, sc = quantise_sampled_triton(x, off, bs, per_block)
+                sc = sc.view(b, h, nb, 1, 1) if per_block else sc.view(b, h, nb, s, 1)
+                xs = _sample_rows(x, off, bs).float()
+                amax = xs.abs().amax(dim=(-2, -1) if per_block else -1, keepdim=True)
+                if not per_block:
+                    amax = amax.amax(-1, keepdim=True)
+                torch.testing.assert_close(sc.expand_as(amax), amax / 448.0)
+                y, y8 = xs / sc, x8.float().view(xs.shape)
+                assert (y8.abs() <= 448).all() and ((y8 == 0) | (y8.sign() == y.sign())).all(), name
+                deq[name] = (y8 * sc).reshape(b, h, nb * s, d)
+            out = estimate_block_importance_triton(q, k, off, bs, precision="fp8")
+            assert torch.isfinite(out).all()
+            every = torch.arange(s, dtype=torch.int32).expand(b, h, s)  # blocks of S rows, all of them sampled
+            ref = estimate_block_importance_reference(deq["q"], deq["k"], every, s, scale=d ** -0.5)
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+        """
+    )
