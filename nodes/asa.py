@@ -77,7 +77,17 @@ class BladeASA:
                 "dense_layers": ("STRING", {"default": "", "multiline": False,
                                             "tooltip": "Blocks that always run dense, e.g. '0, 1, 28-29'; empty = "
                                             "none."}),
-            }
+            },
+            "optional": {
+                "estimate_precision": (
+                    ["auto", "bf16", "fp8"],
+                    {
+                        "default": "auto",
+                        "tooltip": "Precision of the block-importance estimate. auto = fp8 on GPUs with fp8 tensor "
+                        "cores (RTX 40xx, H100 and later: about 40% cheaper, same attention mass kept), else bf16.",
+                    },
+                ),
+            },
         }
 
     def patch(
@@ -92,13 +102,15 @@ class BladeASA:
         sample_gap: int = 0,
         dense_steps: int = 0,
         dense_layers: str = "",
+        estimate_precision: str | None = None,
     ) -> tuple[BladeModel]:
         from ..blade_ops.attention.config import ASAConfig
 
         if backend not in ASA_BACKENDS:
             raise ValueError(f"backend={backend!r} is not one of {ASA_BACKENDS}.")
         overrides: dict = dict(tau=tau, min_ratio=min_ratio, num_keep=num_keep, use_global=use_global,
-                               dense_steps=dense_steps, dense_layers=parse_layers(dense_layers))
+                               dense_steps=dense_steps, dense_layers=parse_layers(dense_layers),
+                               estimate_precision=estimate_precision or "auto")
         if max_ratio > 0:
             overrides["max_ratio"] = max_ratio
         if sample_gap > 0:

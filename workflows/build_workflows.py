@@ -269,7 +269,7 @@ def build(recipe: Recipe) -> Graph:
     source, output = model, "model"
     if recipe.blade:
         asa = g.add("BladeASA", (400, 0), backend="auto", tau=0.95, min_ratio=0.05, max_ratio=0.0, num_keep=32,
-                    use_global=True, sample_gap=0, dense_steps=0, dense_layers="")
+                    use_global=True, sample_gap=0, dense_steps=0, dense_layers="", estimate_precision="auto")
         g.connect(model, "model", asa, "model")
         lora = g.add("BladeLoraLoader", (400, 300), lora_name=files["lora"], strength=1.0)
         g.connect(asa, "model", lora, "model")

@@ -93,6 +93,14 @@ def test_asa_and_lora_nodes_clone_and_keep_the_input(pack, nodes, wan, models_di
 def test_asa_custom_ratio_and_gap(nodes, wan):
     (m,) = nodes["BladeASA"]().patch(wan, "auto", 0.95, 0.05, 0.3, 32, False, 12, 0, "")
     assert m.asa.config.max_ratio == 0.3 and m.asa.config.sample_gap == 12 and m.asa.config.use_global is False
+    assert m.asa.config.estimate_precision == "auto"
+
+
+def test_asa_estimate_precision(nodes, wan):
+    (m,) = nodes["BladeASA"]().patch(wan, "auto", 0.95, 0.05, 0.0, 32, True, 0, 0, "", estimate_precision="bf16")
+    assert m.asa.config.estimate_precision == "bf16"
+    with pytest.raises(ValueError, match="estimate_precision='int4' is not one of"):
+        nodes["BladeASA"]().patch(wan, "auto", 0.95, 0.05, 0.0, 32, True, 0, 0, "", estimate_precision="int4")
 
 
 def test_dense_layers_parsing(pack):
