@@ -87,3 +87,35 @@ def test_toy_dense_student_ablation_and_distill_benchmark(tmp_path):
     rows = json.loads((tmp_path / "bench" / "results.json").read_text())["distill_benchmark"]
     assert [r["batch_size"] for r in rows] == [1, 2] and all(r["seconds_per_step"] > 0 for r in rows)
     assert "scores" not in json.loads((tmp_path / "bench" / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_toy_distillation_split_over_calls_matches_one_call(tmp_path):
+    """A fixed-length distillation stopped at a checkpoint and continued by a second call (same --distill-dir)
+    ends at the same step with the same student LoRA as one uninterrupted call; only the last call evaluates, and
+    it scores every snapshot (the learning curve). A resume with another length is refused."""
+    from safetensors.torch import load_file
+
+    from training.toy.run_all import main
+
+    common = ["--small", "--classifier-steps", "3", "--distill-batch", "2", "--repeats", "1", "--cfg-scales", "3",
+              "--device", "cpu", "--fixed-steps", "--distill-steps", "4", "--lora-every", "2"]
+    main(["--output", str(tmp_path / "one"), "--teacher-steps", "10", "--teacher-batch", "4", *common])
+    teacher = ["--teacher", str(tmp_path / "one" / "teacher")]
+    split = ["--distill-dir", str(tmp_path / "split"), *teacher, *common]
+    main(["--output", str(tmp_path / "first"), "--distill-stop-at", "3", *split])
+    first = json.loads((tmp_path / "first" / "results.json").read_text())
+    assert first["distillation"]["steps"] == 3 and not first["distillation"]["finished"] and "scores" not in first
+    main(["--output", str(tmp_path / "second"), *split])
+    second = json.loads((tmp_path / "second" / "results.json").read_text())
+    assert (second["distillation"]["first_step"], second["distillation"]["steps"]) == (3, 4)
+    assert [c["step"] for c in second["curve"]] == [2, 3, 4] and len(second["scores"]) == 6
+
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert [c["step"] for c in one["curve"]] == [2, 4]
+    for name in ("student-00002.safetensors", "student-00004.safetensors"):
+        a = load_file(tmp_path / "one" / "distill" / "loras" / name)
+        b = load_file(tmp_path / "split" / "loras" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    with pytest.raises(SystemExit, match="distill-steps 5"):
+        main(["--output", str(tmp_path / "third"), *split[:-4], "--distill-steps", "5", "--lora-every", "2"])

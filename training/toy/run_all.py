@@ -14,6 +14,13 @@
 ``--no-distill-asa`` distils and scores a dense student (the ablation that separates sparsity from distillation);
 ``--distill-benchmark 32,64,128`` only times distillation steps per batch size.
 Writes results.json and results.md under --output.
+
+A long distillation can be split over several calls (each under a time limit): give every call the same
+``--distill-dir`` (checkpoints and student LoRA snapshots) and ``--fixed-steps --distill-steps N`` (the cosine
+schedule spans all N steps). A call resumes from the newest complete checkpoint there, trains until N, its
+``--distill-budget`` or ``--distill-stop-at``, and writes a checkpoint; only the call that reaches N trains the
+classifier and evaluates, and it also scores every snapshot (``--lora-every`` steps and each call's end) with the
+same classifier: the learning curve.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import torch
 from blade_ops.attention import ASAConfig
 from blade_ops.text import encode_text
 
+from ..checkpoint import resolve_resume
 from ..config import build_config
 from ..distill import Distiller, train
 from ..encode_prompts import encode_to_folder
@@ -51,6 +59,28 @@ def toy_asa(spec: ToySpec) -> dict:
     if spec.size >= 16:
         return {"block_size": 16, "num_keep": 8}  # 320 tokens
     return {"block_size": 16, "num_keep": 4}
+
+
+def saved_run(distill_dir: Path) -> tuple[Path | None, dict]:
+    """The newest complete checkpoint in ``distill_dir`` (or None) and the distillation config it was written with."""
+    path = resolve_resume(distill_dir, "latest")
+    if path is None:
+        return None, {}
+    return path, json.loads((path / "state.json").read_text()).get("config", {})
+
+
+def resume_conflicts(args, saved: dict, cfg: float | None) -> list[str]:
+    """Settings of this call that differ from those of the run being resumed (the run's own settings win)."""
+    problems = []
+    if args.fixed_steps and saved.get("max_train_steps") != args.distill_steps:
+        problems.append(f"--distill-steps {args.distill_steps} (the run has {saved.get('max_train_steps')})")
+    if saved.get("train_batch_size") != args.distill_batch:
+        problems.append(f"--distill-batch {args.distill_batch} (the run has {saved.get('train_batch_size')})")
+    if saved.get("asa") != args.distill_asa:
+        problems.append(f"--{'' if args.distill_asa else 'no-'}distill-asa (the run has asa={saved.get('asa')})")
+    if cfg is not None and saved.get("guidance_scale") != cfg:
+        problems.append(f"--cfg-scales {cfg} (the run has {saved.get('guidance_scale')})")
+    return problems
 
 
 def make_distiller(args, spec: ToySpec, teacher_dir: Path, emb_dir: Path, output_dir: Path, *, cfg: float, steps: int,
@@ -108,7 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-steps", type=int, default=400, help="at most; fewer if the budget is shorter")
     p.add_argument("--distill-batch", type=int, default=128,
                    help="the paper's global batch is 160; on an H100 a step at 128 costs 1.2x one at 32")
-    p.add_argument("--distill-budget", type=float, default=380.0, help="seconds")
+    p.add_argument("--distill-budget", type=float, default=380.0,
+                   help="seconds (with --fixed-steps or on resume: when this call stops, after a checkpoint)")
+    p.add_argument("--fixed-steps", action="store_true",
+                   help="train exactly --distill-steps in all (no sizing probe); the run may span several calls")
+    p.add_argument("--distill-dir", help="folder of the distillation's checkpoints and LoRA snapshots, kept across "
+                   "calls (default: <output>/distill); a call resumes from its newest checkpoint")
+    p.add_argument("--distill-stop-at", type=int, default=0, metavar="STEP",
+                   help="end this call's distillation at this step (a checkpoint), to split a run over calls")
+    p.add_argument("--lora-every", type=int, default=0, metavar="STEPS",
+                   help="also export the student LoRA every this many steps (for the learning curve)")
+    p.add_argument("--compare-lora", help="a student LoRA of another run, scored beside this one (blade sampler)")
     p.add_argument("--lora-rank", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-fake", type=float, default=5e-4)
@@ -156,20 +196,38 @@ def main(argv: list[str] | None = None) -> int:
     empty = encode_text(bundle, [""]).to(device)
     asa_config = ASAConfig.for_family("wan", **toy_asa(spec))
 
-    # 2. metric
-    classifier, real_acc = train_classifier(geometry, steps=args.classifier_steps, device=args.device)
-    results["classifier_real_prompt_match"] = real_acc
-    save()
+    # 2. metric: trained when first needed (a call that only continues a distillation needs none)
+    metric: list = []
 
-    # 3. teacher CFG scale
+    def classifier():
+        if not metric:
+            model, real_acc = train_classifier(geometry, steps=args.classifier_steps, device=args.device)
+            results["classifier_real_prompt_match"] = real_acc
+            save()
+            metric.append(model)
+        return metric[0]
+
+    # 3. teacher CFG scale: the resumed run's, the one given, or the best of a search
+    distill_dir = Path(args.distill_dir) if args.distill_dir else out / "distill"
+    resume, saved = saved_run(distill_dir)
     scales = [float(s) for s in args.cfg_scales.split(",")]
-    cfg_scores, _ = evaluate(bundle, text, empty, [Setting(f"teacher-50 cfg {s}", "baseline", 50, s) for s in scales],
-                             classifier, geometry, asa_config, repeats=max(1, args.repeats // 2))
-    best = max(cfg_scores, key=lambda s: (round(s.prompt_match, 2), -s.fd))
-    cfg = best.setting["guidance"]
-    results["cfg_search"] = [asdict(s) for s in cfg_scores]
+    if resume is not None:
+        problems = resume_conflicts(args, saved, scales[0] if len(scales) == 1 else None)
+        if problems:
+            raise SystemExit(f"{resume} belongs to a run with other settings: {'; '.join(problems)}. Use the run's "
+                             "settings, or another --distill-dir.")
+        cfg = float(saved["guidance_scale"])
+    elif len(scales) == 1:
+        cfg = scales[0]
+    else:
+        cfg_scores, _ = evaluate(bundle, text, empty,
+                                 [Setting(f"teacher-50 cfg {s}", "baseline", 50, s) for s in scales],
+                                 classifier(), geometry, asa_config, repeats=max(1, args.repeats // 2))
+        best = max(cfg_scores, key=lambda s: (round(s.prompt_match, 2), -s.fd))
+        cfg = best.setting["guidance"]
+        results["cfg_search"] = [asdict(s) for s in cfg_scores]
+        save()
     logger.info("teacher CFG scale: %s", cfg)
-    save()
 
     # 4. data-free distillation from the prompts alone
     emb_dir = encode_to_folder(bundle, prompts, out / "prompt_embeddings", dtype=torch.float32, model_name="toy-wan")
@@ -184,28 +242,45 @@ def main(argv: list[str] | None = None) -> int:
         save()
         return 0
 
-    # A 3-step probe sizes the run so that its cosine schedule ends inside the time budget.
-    probe = distiller_for(args.distill_steps, "distill_probe")
-    train(probe, 1)  # the first step pays one-off costs (allocator, kernels)
-    probe_start = time.perf_counter()
-    train(probe, 3)
-    per_step = (time.perf_counter() - probe_start) / 2
-    steps = max(3, min(args.distill_steps, int(args.distill_budget / per_step)))
-    del probe
-    logger.info("distillation: %.2f s/step -> %d steps", per_step, steps)
-    distiller = distiller_for(steps, "distill")
-    start = time.perf_counter()
-    logs = train(distiller, time_budget=args.distill_budget * 1.2)
-    distill_seconds = time.perf_counter() - start
-    lora_path = distiller.export_lora(out / "toy_blade_lora.safetensors")
+    if resume is not None:  # the run's own length: its cosine schedule spans it
+        steps, stop_after = int(saved["max_train_steps"]), args.distill_budget
+    elif args.fixed_steps:
+        steps, stop_after = args.distill_steps, args.distill_budget
+    else:  # a 3-step probe sizes the run so that its cosine schedule ends inside the time budget
+        probe = distiller_for(args.distill_steps, "distill_probe")
+        train(probe, 1)  # the first step pays one-off costs (allocator, kernels)
+        probe_start = time.perf_counter()
+        train(probe, 3)
+        per_step = (time.perf_counter() - probe_start) / 2
+        steps = max(3, min(args.distill_steps, int(args.distill_budget / per_step)))
+        stop_after = args.distill_budget * 1.2
+        del probe
+        logger.info("distillation: %.2f s/step -> %d steps", per_step, steps)
+    distiller = make_distiller(args, spec, teacher_dir, emb_dir, distill_dir, cfg=cfg, steps=steps,
+                               batch=args.distill_batch)
+    if resume is not None:
+        distiller.load_checkpoint(resume)
+    first_step, distill_start = distiller.step, time.perf_counter()
+    logs = distill(distiller, steps, stop_after, distill_dir / "loras", every=args.lora_every,
+                   stop_at=args.distill_stop_at)
+    last_step = distiller.step
+    finished = last_step >= steps
+    lora_path = distiller.export_lora(out / "toy_blade_lora.safetensors") if finished else None
+    distill_seconds = time.perf_counter() - distill_start  # with checkpoints and exports, as a run pays them
     results["distillation"] = {
-        "steps": distiller.step, "seconds": distill_seconds, "seconds_per_step": distill_seconds / max(1, len(logs)),
+        "steps": last_step, "total_steps": steps, "first_step": first_step, "finished": finished,
+        "seconds": distill_seconds, "seconds_per_step": distill_seconds / max(1, len(logs)),
         "loss_fake": [round(log.loss_fake, 5) for log in logs[:: max(1, len(logs) // 20)]],
         "loss_student": [round(log.loss_student, 5) for log in logs[:: max(1, len(logs) // 20)]],
+        "loss_means": loss_means(logs),
         "train_density_last": logs[-1].density if logs else None, "cfg": cfg, "lora_rank": args.lora_rank,
+        "distill_dir": str(distill_dir),
     }
     del distiller
     save()
+    if not finished:
+        logger.info("distillation at step %d of %d: run the same command again to go on", last_step, steps)
+        return 0
 
     # 5. evaluation
     settings = [
@@ -221,9 +296,21 @@ def main(argv: list[str] | None = None) -> int:
         Setting(f"{student} (blade sampler)", "blade", 8, 1.0, asa=sparse, lora=str(lora_path)),
         Setting(f"{student} (tdm sampler)", "tdm", 8, 1.0, asa=sparse, lora=str(lora_path)),
     ]
-    scores, examples = evaluate(bundle, text, empty, settings, classifier, geometry, asa_config, repeats=args.repeats)
+    if args.compare_lora:
+        settings.append(Setting(f"{student} (blade sampler), --compare-lora", "blade", 8, 1.0, asa=sparse,
+                                lora=args.compare_lora))
+    scores, examples = evaluate(bundle, text, empty, settings, classifier(), geometry, asa_config,
+                                repeats=args.repeats)
     results["scores"] = [asdict(s) for s in scores]
     save()
+    # the learning curve: every snapshot of this run, scored by the same classifier (blade sampler)
+    snapshots = sorted((distill_dir / "loras").glob("student-*.safetensors"))
+    if snapshots:
+        curve, _ = evaluate(bundle, text, empty, [
+            Setting(f"student at step {snapshot_step(p)} (blade sampler)", "blade", 8, 1.0, asa=sparse, lora=str(p))
+            for p in snapshots], classifier(), geometry, asa_config, repeats=args.repeats)
+        results["curve"] = [{"step": snapshot_step(p), **asdict(c)} for p, c in zip(snapshots, curve, strict=True)]
+        save()
     torch.save({k: v.half() for k, v in examples.items()}, out / "examples.pt")
     (out / "results.md").write_text(markdown(results))
     try:
@@ -236,6 +323,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def snapshot_step(path: Path) -> int:
+    return int(path.stem.rsplit("-", 1)[1])
+
+
+def loss_means(logs: list, every: int = 50) -> list[dict]:
+    """Mean losses over each run of ``every`` steps (one step's loss is too noisy to read a trend from)."""
+    rows = []
+    for start in range(0, len(logs), every):
+        chunk = logs[start : start + every]
+        rows.append({"last_step": chunk[-1].step, "loss_fake": sum(x.loss_fake for x in chunk) / len(chunk),
+                     "loss_student": sum(x.loss_student for x in chunk) / len(chunk)})
+    return rows
+
+
+def distill(distiller: Distiller, steps: int, budget: float, snapshots: Path, *, every: int = 0,
+            stop_at: int = 0) -> list:
+    """Train towards ``steps`` until ``budget`` seconds or step ``stop_at``; the student LoRA is exported to
+    ``snapshots`` every ``every`` steps and where this call stops. Every stop is on a checkpoint."""
+    end = min(steps, stop_at) if stop_at > 0 else steps
+    logs: list = []
+    start = time.perf_counter()
+    while distiller.step < end and time.perf_counter() - start < budget:
+        target = min(end, (distiller.step // every + 1) * every) if every > 0 else end
+        logs += train(distiller, target, time_budget=budget - (time.perf_counter() - start))
+        if distiller.step < target:  # out of time (train wrote a checkpoint)
+            break
+        if every > 0 and distiller.step % every == 0:
+            distiller.export_lora(snapshots / f"student-{distiller.step:05d}.safetensors")
+    if logs and not (snapshots / f"student-{distiller.step:05d}.safetensors").is_file():
+        distiller.export_lora(snapshots / f"student-{distiller.step:05d}.safetensors")
+    return logs
+
+
 def markdown(results: dict) -> str:
     lines = ["| setting | prompt match | colour | shape | direction | FD | ASA density | sparsity | sampling s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -245,6 +365,12 @@ def markdown(results: dict) -> str:
         attrs = [f"{s['attributes'][k]:.3f}" for k in ("colour", "shape", "direction")]
         row = [s["label"], f"{s['prompt_match']:.3f}", *attrs, f"{s['fd']:.1f}", dens, spar, f"{s['seconds']:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
+    if results.get("curve"):
+        lines += ["", "| distillation step | prompt match | colour | shape | direction | FD |",
+                  "|---|---|---|---|---|---|"]
+        for c in results["curve"]:
+            attrs = [f"{c['attributes'][k]:.3f}" for k in ("colour", "shape", "direction")]
+            lines.append(f"| {c['step']} | {c['prompt_match']:.3f} | {' | '.join(attrs)} | {c['fd']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
