@@ -177,4 +177,6 @@ def test_triton_fp8_matches_its_reference(d, length, s):
     ref = estimate_block_importance(q, k, off, 128, impl="torch", precision="fp8")
     out = estimate_block_importance(q, k, off, 128)  # auto: the fp8 kernel on this GPU
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-3)
+    # Same e4m3 tokens; fp8 tensor cores accumulate with fewer mantissa bits than fp32 (H100, measured: up to
+    # 2.2e-4 absolute, 0.6% relative on P), far below what quantising the tokens changes (about 5e-2).
+    torch.testing.assert_close(out, ref, atol=5e-4, rtol=1e-2)
