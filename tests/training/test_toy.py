@@ -119,3 +119,11 @@ def test_toy_distillation_split_over_calls_matches_one_call(tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     with pytest.raises(SystemExit, match="distill-steps 5"):
         main(["--output", str(tmp_path / "third"), *split[:-4], "--distill-steps", "5", "--lora-every", "2"])
+    # a run cut short is scored from its snapshots without distilling, beside another run's curve
+    main(["--output", str(tmp_path / "snapshots"), "--evaluate-snapshots", "--distill-dir",
+          str(tmp_path / "one" / "distill"), "--compare-snapshots", str(tmp_path / "split" / "loras"), *teacher,
+          "--small", "--classifier-steps", "3", "--repeats", "1", "--cfg-scales", "3", "--device", "cpu"])
+    scored = json.loads((tmp_path / "snapshots" / "results.json").read_text())
+    assert scored["distillation"]["evaluated_snapshots_only"] and scored["distillation"]["steps"] == 4
+    assert [c["step"] for c in scored["curve"]] == [2, 4] and [c["step"] for c in scored["compare_curve"]] == [2, 3, 4]
+    assert scored["scores"][4]["label"].startswith("BLADE student 8-step + ASA at step 4")

@@ -20,7 +20,9 @@ A long distillation can be split over several calls (each under a time limit): g
 schedule spans all N steps). A call resumes from the newest complete checkpoint there, trains until N, its
 ``--distill-budget`` or ``--distill-stop-at``, and writes a checkpoint; only the call that reaches N trains the
 classifier and evaluates, and it also scores every snapshot (``--lora-every`` steps and each call's end) with the
-same classifier: the learning curve.
+same classifier: the learning curve. ``--evaluate-snapshots`` scores the snapshots already in ``--distill-dir``
+without distilling (a run cut short: its newest snapshot is the student), and ``--compare-snapshots DIR`` scores
+another run's snapshots with the same classifier, so two learning curves share one metric.
 """
 
 from __future__ import annotations
@@ -149,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-every", type=int, default=0, metavar="STEPS",
                    help="also export the student LoRA every this many steps (for the learning curve)")
     p.add_argument("--compare-lora", help="a student LoRA of another run, scored beside this one (blade sampler)")
+    p.add_argument("--evaluate-snapshots", action="store_true",
+                   help="do not distil: score the LoRA snapshots already in --distill-dir (the newest as the student)")
+    p.add_argument("--compare-snapshots", metavar="DIR",
+                   help="also score every student-*.safetensors snapshot in DIR (another run's curve, blade sampler)")
     p.add_argument("--lora-rank", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-fake", type=float, default=5e-4)
@@ -213,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     scales = [float(s) for s in args.cfg_scales.split(",")]
     if resume is not None:
         problems = resume_conflicts(args, saved, scales[0] if len(scales) == 1 else None)
-        if problems:
+        if problems and not args.evaluate_snapshots:  # scoring snapshots trains nothing: the run's CFG is used
             raise SystemExit(f"{resume} belongs to a run with other settings: {'; '.join(problems)}. Use the run's "
                              "settings, or another --distill-dir.")
         cfg = float(saved["guidance_scale"])
@@ -242,45 +248,55 @@ def main(argv: list[str] | None = None) -> int:
         save()
         return 0
 
-    if resume is not None:  # the run's own length: its cosine schedule spans it
-        steps, stop_after = int(saved["max_train_steps"]), args.distill_budget
-    elif args.fixed_steps:
-        steps, stop_after = args.distill_steps, args.distill_budget
-    else:  # a 3-step probe sizes the run so that its cosine schedule ends inside the time budget
-        probe = distiller_for(args.distill_steps, "distill_probe")
-        train(probe, 1)  # the first step pays one-off costs (allocator, kernels)
-        probe_start = time.perf_counter()
-        train(probe, 3)
-        per_step = (time.perf_counter() - probe_start) / 2
-        steps = max(3, min(args.distill_steps, int(args.distill_budget / per_step)))
-        stop_after = args.distill_budget * 1.2
-        del probe
-        logger.info("distillation: %.2f s/step -> %d steps", per_step, steps)
-    distiller = make_distiller(args, spec, teacher_dir, emb_dir, distill_dir, cfg=cfg, steps=steps,
-                               batch=args.distill_batch)
-    if resume is not None:
-        distiller.load_checkpoint(resume)
-    first_step, distill_start = distiller.step, time.perf_counter()
-    logs = distill(distiller, steps, stop_after, distill_dir / "loras", every=args.lora_every,
-                   stop_at=args.distill_stop_at)
-    last_step = distiller.step
-    finished = last_step >= steps
-    lora_path = distiller.export_lora(out / "toy_blade_lora.safetensors") if finished else None
-    distill_seconds = time.perf_counter() - distill_start  # with checkpoints and exports, as a run pays them
-    results["distillation"] = {
-        "steps": last_step, "total_steps": steps, "first_step": first_step, "finished": finished,
-        "seconds": distill_seconds, "seconds_per_step": distill_seconds / max(1, len(logs)),
-        "loss_fake": [round(log.loss_fake, 5) for log in logs[:: max(1, len(logs) // 20)]],
-        "loss_student": [round(log.loss_student, 5) for log in logs[:: max(1, len(logs) // 20)]],
-        "loss_means": loss_means(logs),
-        "train_density_last": logs[-1].density if logs else None, "cfg": cfg, "lora_rank": args.lora_rank,
-        "distill_dir": str(distill_dir),
-    }
-    del distiller
-    save()
-    if not finished:
-        logger.info("distillation at step %d of %d: run the same command again to go on", last_step, steps)
-        return 0
+    if args.evaluate_snapshots:
+        snapshots = sorted((distill_dir / "loras").glob("student-*.safetensors"), key=snapshot_step)
+        if not snapshots:
+            raise SystemExit(f"no student-*.safetensors snapshots in {distill_dir / 'loras'}")
+        lora_path = snapshots[-1]
+        results["distillation"] = {"evaluated_snapshots_only": True, "steps": snapshot_step(lora_path),
+                                   "total_steps": int(saved["max_train_steps"]) if saved else None,
+                                   "cfg": cfg, "lora_rank": args.lora_rank, "distill_dir": str(distill_dir)}
+        save()
+    else:
+        if resume is not None:  # the run's own length: its cosine schedule spans it
+            steps, stop_after = int(saved["max_train_steps"]), args.distill_budget
+        elif args.fixed_steps:
+            steps, stop_after = args.distill_steps, args.distill_budget
+        else:  # a 3-step probe sizes the run so that its cosine schedule ends inside the time budget
+            probe = distiller_for(args.distill_steps, "distill_probe")
+            train(probe, 1)  # the first step pays one-off costs (allocator, kernels)
+            probe_start = time.perf_counter()
+            train(probe, 3)
+            per_step = (time.perf_counter() - probe_start) / 2
+            steps = max(3, min(args.distill_steps, int(args.distill_budget / per_step)))
+            stop_after = args.distill_budget * 1.2
+            del probe
+            logger.info("distillation: %.2f s/step -> %d steps", per_step, steps)
+        distiller = make_distiller(args, spec, teacher_dir, emb_dir, distill_dir, cfg=cfg, steps=steps,
+                                   batch=args.distill_batch)
+        if resume is not None:
+            distiller.load_checkpoint(resume)
+        first_step, distill_start = distiller.step, time.perf_counter()
+        logs = distill(distiller, steps, stop_after, distill_dir / "loras", every=args.lora_every,
+                       stop_at=args.distill_stop_at)
+        last_step = distiller.step
+        finished = last_step >= steps
+        lora_path = distiller.export_lora(out / "toy_blade_lora.safetensors") if finished else None
+        distill_seconds = time.perf_counter() - distill_start  # with checkpoints and exports, as a run pays them
+        results["distillation"] = {
+            "steps": last_step, "total_steps": steps, "first_step": first_step, "finished": finished,
+            "seconds": distill_seconds, "seconds_per_step": distill_seconds / max(1, len(logs)),
+            "loss_fake": [round(log.loss_fake, 5) for log in logs[:: max(1, len(logs) // 20)]],
+            "loss_student": [round(log.loss_student, 5) for log in logs[:: max(1, len(logs) // 20)]],
+            "loss_means": loss_means(logs),
+            "train_density_last": logs[-1].density if logs else None, "cfg": cfg, "lora_rank": args.lora_rank,
+            "distill_dir": str(distill_dir),
+        }
+        del distiller
+        save()
+        if not finished:
+            logger.info("distillation at step %d of %d: run the same command again to go on", last_step, steps)
+            return 0
 
     # 5. evaluation
     settings = [
@@ -292,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     sparse = args.distill_asa
     student = "BLADE student 8-step + ASA" if sparse else "dense-distilled student 8-step, no ASA"
+    if args.evaluate_snapshots:
+        student += f" at step {snapshot_step(lora_path)}"
     settings += [
         Setting(f"{student} (blade sampler)", "blade", 8, 1.0, asa=sparse, lora=str(lora_path)),
         Setting(f"{student} (tdm sampler)", "tdm", 8, 1.0, asa=sparse, lora=str(lora_path)),
@@ -304,12 +322,20 @@ def main(argv: list[str] | None = None) -> int:
     results["scores"] = [asdict(s) for s in scores]
     save()
     # the learning curve: every snapshot of this run, scored by the same classifier (blade sampler)
-    snapshots = sorted((distill_dir / "loras").glob("student-*.safetensors"))
+    snapshots = sorted((distill_dir / "loras").glob("student-*.safetensors"), key=snapshot_step)
     if snapshots:
         curve, _ = evaluate(bundle, text, empty, [
             Setting(f"student at step {snapshot_step(p)} (blade sampler)", "blade", 8, 1.0, asa=sparse, lora=str(p))
             for p in snapshots], classifier(), geometry, asa_config, repeats=args.repeats)
         results["curve"] = [{"step": snapshot_step(p), **asdict(c)} for p, c in zip(snapshots, curve, strict=True)]
+        save()
+    if args.compare_snapshots:  # another run's curve, scored by this classifier
+        others = sorted(Path(args.compare_snapshots).glob("student-*.safetensors"), key=snapshot_step)
+        curve, _ = evaluate(bundle, text, empty, [
+            Setting(f"compared run's student at step {snapshot_step(p)} (blade sampler)", "blade", 8, 1.0, asa=sparse,
+                    lora=str(p)) for p in others], classifier(), geometry, asa_config, repeats=args.repeats)
+        results["compare_curve"] = [{"step": snapshot_step(p), **asdict(c)}
+                                    for p, c in zip(others, curve, strict=True)]
         save()
     torch.save({k: v.half() for k, v in examples.items()}, out / "examples.pt")
     (out / "results.md").write_text(markdown(results))
@@ -365,10 +391,11 @@ def markdown(results: dict) -> str:
         attrs = [f"{s['attributes'][k]:.3f}" for k in ("colour", "shape", "direction")]
         row = [s["label"], f"{s['prompt_match']:.3f}", *attrs, f"{s['fd']:.1f}", dens, spar, f"{s['seconds']:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
-    if results.get("curve"):
-        lines += ["", "| distillation step | prompt match | colour | shape | direction | FD |",
-                  "|---|---|---|---|---|---|"]
-        for c in results["curve"]:
+    for key, title in (("curve", "distillation step"), ("compare_curve", "compared run's step")):
+        if not results.get(key):
+            continue
+        lines += ["", f"| {title} | prompt match | colour | shape | direction | FD |", "|---|---|---|---|---|---|"]
+        for c in results[key]:
             attrs = [f"{c['attributes'][k]:.3f}" for k in ("colour", "shape", "direction")]
             lines.append(f"| {c['step']} | {c['prompt_match']:.3f} | {' | '.join(attrs)} | {c['fd']:.1f} |")
     return "\n".join(lines) + "\n"
