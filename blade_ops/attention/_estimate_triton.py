@@ -262,6 +262,12 @@ def estimate_block_importance_triton(
         raise RuntimeError("The fused estimate needs Triton: pip install triton (it ships with CUDA PyTorch).")
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} must be one of {PRECISIONS}.")
+    if precision == "fp8" and q.is_cuda and not fp8_supported(q.device):
+        raise RuntimeError(
+            f"The fp8 estimate needs fp8 tensor cores (compute capability 8.9 or later); "
+            f"{torch.cuda.get_device_name(q.device)} has {torch.cuda.get_device_capability(q.device)}. "
+            "Use precision='bf16'."
+        )
     b, h, len_q, d = q.shape
     len_k = k.shape[2]
     s = offsets.shape[-1]
@@ -283,12 +289,6 @@ def estimate_block_importance_triton(
     p = torch.empty(b * h, nqb, nkb, device=q.device, dtype=torch.float32)
     grid = (nqb_pad // qb, b * h)
     if precision == "fp8":
-        if q.is_cuda and not fp8_supported(q.device):
-            raise RuntimeError(
-                f"The fp8 estimate needs fp8 tensor cores (compute capability 8.9 or later); "
-                f"{torch.cuda.get_device_name(q.device)} has {torch.cuda.get_device_capability(q.device)}. "
-                "Use precision='bf16'."
-            )
         q8, q_scales = quantise_sampled_triton(q, offsets, block_size, per_block=False)
         k8, k_scales = quantise_sampled_triton(k, offsets, block_size, per_block=True)
         _block_importance_fp8_kernel[grid](
