@@ -322,21 +322,19 @@ def main(argv: list[str] | None = None) -> int:
     results["scores"] = [asdict(s) for s in scores]
     save()
     # the learning curve: every snapshot of this run, scored by the same classifier (blade sampler)
-    snapshots = sorted((distill_dir / "loras").glob("student-*.safetensors"), key=snapshot_step)
-    if snapshots:
+    def score_curve(folder: Path, key: str, label: str) -> None:
+        snapshots = sorted(folder.glob("student-*.safetensors"), key=snapshot_step)
+        if not snapshots:
+            return
         curve, _ = evaluate(bundle, text, empty, [
-            Setting(f"student at step {snapshot_step(p)} (blade sampler)", "blade", 8, 1.0, asa=sparse, lora=str(p))
+            Setting(f"{label} at step {snapshot_step(p)} (blade sampler)", "blade", 8, 1.0, asa=sparse, lora=str(p))
             for p in snapshots], classifier(), geometry, asa_config, repeats=args.repeats)
-        results["curve"] = [{"step": snapshot_step(p), **asdict(c)} for p, c in zip(snapshots, curve, strict=True)]
+        results[key] = [{"step": snapshot_step(p), **asdict(c)} for p, c in zip(snapshots, curve, strict=True)]
         save()
+
+    score_curve(distill_dir / "loras", "curve", "student")
     if args.compare_snapshots:  # another run's curve, scored by this classifier
-        others = sorted(Path(args.compare_snapshots).glob("student-*.safetensors"), key=snapshot_step)
-        curve, _ = evaluate(bundle, text, empty, [
-            Setting(f"compared run's student at step {snapshot_step(p)} (blade sampler)", "blade", 8, 1.0, asa=sparse,
-                    lora=str(p)) for p in others], classifier(), geometry, asa_config, repeats=args.repeats)
-        results["compare_curve"] = [{"step": snapshot_step(p), **asdict(c)}
-                                    for p, c in zip(others, curve, strict=True)]
-        save()
+        score_curve(Path(args.compare_snapshots), "compare_curve", "compared run's student")
     torch.save({k: v.half() for k, v in examples.items()}, out / "examples.pt")
     (out / "results.md").write_text(markdown(results))
     try:
