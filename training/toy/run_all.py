@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.evaluate_snapshots:
-        snapshots = sorted((distill_dir / "loras").glob("student-*.safetensors"), key=snapshot_step)
+        snapshots = list_snapshots(distill_dir / "loras")
         if not snapshots:
             raise SystemExit(f"no student-*.safetensors snapshots in {distill_dir / 'loras'}")
         lora_path = snapshots[-1]
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     save()
     # the learning curve: every snapshot of this run, scored by the same classifier (blade sampler)
     def score_curve(folder: Path, key: str, label: str) -> None:
-        snapshots = sorted(folder.glob("student-*.safetensors"), key=snapshot_step)
+        snapshots = list_snapshots(folder)
         if not snapshots:
             return
         curve, _ = evaluate(bundle, text, empty, [
@@ -351,6 +351,16 @@ def snapshot_step(path: Path) -> int:
     return int(path.stem.rsplit("-", 1)[1])
 
 
+def snapshot_path(folder: Path, step: int) -> Path:
+    """Where the student LoRA of ``step`` is exported (the name :func:`list_snapshots` finds)."""
+    return folder / f"student-{step:05d}.safetensors"
+
+
+def list_snapshots(folder: Path) -> list[Path]:
+    """The student LoRA snapshots in ``folder``, in step order."""
+    return sorted(folder.glob("student-*.safetensors"), key=snapshot_step)
+
+
 def loss_means(logs: list, every: int = 50) -> list[dict]:
     """Mean losses over each run of ``every`` steps (one step's loss is too noisy to read a trend from)."""
     rows = []
@@ -374,9 +384,9 @@ def distill(distiller: Distiller, steps: int, budget: float, snapshots: Path, *,
         if distiller.step < target:  # out of time (train wrote a checkpoint)
             break
         if every > 0 and distiller.step % every == 0:
-            distiller.export_lora(snapshots / f"student-{distiller.step:05d}.safetensors")
-    if logs and not (snapshots / f"student-{distiller.step:05d}.safetensors").is_file():
-        distiller.export_lora(snapshots / f"student-{distiller.step:05d}.safetensors")
+            distiller.export_lora(snapshot_path(snapshots, distiller.step))
+    if logs and not snapshot_path(snapshots, distiller.step).is_file():
+        distiller.export_lora(snapshot_path(snapshots, distiller.step))
     return logs
 
 
