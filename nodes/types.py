@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..blade_ops.families import FamilySpec
 from ..blade_ops.models.bundle import ModelBundle
+from ..blade_ops.prepare import AsaRequest
 
 BLADE_MODEL = "BLADE_MODEL"
 BLADE_VAE = "BLADE_VAE"
@@ -21,14 +22,6 @@ BLADE_TEXT_ENCODER = "BLADE_TEXT_ENCODER"
 BLADE_EMBEDS = "BLADE_EMBEDS"
 
 CATEGORY = "BLADE"
-
-
-@dataclass(frozen=True)
-class AsaPatch:
-    """ASA to install into the transformer's self-attention for a run."""
-
-    config: object  # blade_ops.attention.ASAConfig (kept untyped here so this module imports without it)
-    backend: str
 
 
 @dataclass(frozen=True)
@@ -45,14 +38,14 @@ class BladeModel:
     """A loaded transformer and the patches to apply when sampling with it. Immutable: patch by cloning."""
 
     bundle: ModelBundle
-    asa: AsaPatch | None = None
+    asa: AsaRequest | None = None
     loras: tuple[LoraPatch, ...] = ()
 
     @property
     def family(self) -> FamilySpec:
         return self.bundle.family
 
-    def with_asa(self, patch: AsaPatch | None) -> BladeModel:
+    def with_asa(self, patch: AsaRequest | None) -> BladeModel:
         """A clone with ASA set (replacing any earlier ASA patch: one attention at a time)."""
         return replace(self, asa=patch)
 

@@ -64,30 +64,29 @@ def prepare_model(
     *,
     lora: str | Path | None = None,
     lora_strength: float = 1.0,
-    asa_config=None,  # blade_ops.attention.ASAConfig; None: the family's paper settings
+    asa_config=None,  # blade_ops.attention.ASAConfig; None: the LoRA's recorded settings, else the family's
     backend: str = "auto",
 ) -> ModelBundle:
     """Make ``bundle``'s transformer ready for ``preset``: ASA first, then the LoRA (the order BLADE trained in).
 
     Without ``asa_config``, a LoRA that records the ASA settings it was distilled with (``blade.asa`` metadata,
-    written by ``training.distill``) gets those; otherwise the family's paper settings apply.
-    Modifies the transformer in place and returns the bundle.
+    written by ``training.distill``) gets those; otherwise the family's paper settings apply
+    (:func:`blade_ops.prepare.resolve_asa_config`). Modifies the transformer in place and returns the bundle.
     """
-    from ..attention import ASAConfig, install_asa
-    from ..lora import apply_lora, read_lora
+    from ..attention import ASAConfig
+    from ..lora import read_lora
+    from ..prepare import AsaRequest, prepare_transformer
 
     p = get_preset(preset)
     bundle.require("transformer")
-    if lora is not None:
-        lora = read_lora(lora)
-        if p.sparse and asa_config is None and lora.info.asa:
-            asa_config = ASAConfig.from_dict(lora.info.asa)
-            logger.info("ASA settings from the LoRA's metadata: %s", asa_config)
+    loras = [(read_lora(lora), lora_strength)] if lora is not None else []
+    asa = None
     if p.sparse:
-        install_asa(bundle.transformer, asa_config, backend)
-    if lora is not None:
-        apply_lora(bundle.transformer, lora, strength=lora_strength)
-    elif p.expects_lora:
+        family = bundle.family.name
+        config = asa_config if asa_config is not None else ASAConfig.for_family(family)
+        asa = AsaRequest(family, config, backend, source="custom" if asa_config is not None else "lora")
+    prepare_transformer(bundle.transformer, asa=asa, loras=loras)
+    if not loras and p.expects_lora:
         logger.warning(
             "Preset %r without a BLADE LoRA: the base model in 8 steps without CFG gives blurry videos.", preset
         )

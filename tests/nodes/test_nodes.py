@@ -78,9 +78,10 @@ def _sample(nodes, model, embeds, seed=1, **kw):
 def test_asa_and_lora_nodes_clone_and_keep_the_input(pack, nodes, wan, models_dir):
     from blade_pack.blade_ops.attention import get_asa_handle
 
-    (sparse,) = nodes["BladeASA"]().patch(wan, "torch", 0.9, 0.05, 0.0, 16, True, 0, 1, "0")
+    custom = "custom (values below)"
+    (sparse,) = nodes["BladeASA"]().patch(wan, custom, "torch", 0.9, 0.05, 0.17, 16, True, 30, 1, "0")
     assert sparse is not wan and wan.asa is None and wan.loras == ()
-    assert sparse.asa.config.max_ratio == 0.17 and sparse.asa.config.sample_gap == 30  # Wan defaults
+    assert sparse.asa.source == "custom" and sparse.asa.backend == "torch"
     assert sparse.asa.config.tau == 0.9 and sparse.asa.config.dense_layers == (0,)
     lora_path = str(models_dir / "loras" / LORA_NAMES["wan"])
     (one,) = nodes["BladeLoraLoader"]().patch(sparse, lora_path, 0.5)
@@ -91,16 +92,48 @@ def test_asa_and_lora_nodes_clone_and_keep_the_input(pack, nodes, wan, models_di
 
 
 def test_asa_custom_ratio_and_gap(nodes, wan):
-    (m,) = nodes["BladeASA"]().patch(wan, "auto", 0.95, 0.05, 0.3, 32, False, 12, 0, "")
+    (m,) = nodes["BladeASA"]().patch(wan, "custom (values below)", "auto", 0.95, 0.05, 0.3, 32, False, 12, 0, "")
     assert m.asa.config.max_ratio == 0.3 and m.asa.config.sample_gap == 12 and m.asa.config.use_global is False
     assert m.asa.config.estimate_precision == "auto"
 
 
+@pytest.mark.parametrize("settings, family, expect", [
+    ("family defaults", "wan", (0.17, 30)),
+    ("family defaults", "cogvideox", (0.10, 15)),
+    ("LoRA's, else family defaults", "cogvideox", (0.10, 15)),
+    ("custom (values below)", "cogvideox", (0.3, 12)),
+])
+def test_asa_settings_choice_decides_the_run_config(nodes, wan, settings, family, expect):
+    """The widgets show real values; the settings combo says whether they, the family's or the LoRA's apply."""
+    import dataclasses
+
+    from blade_pack.blade_ops.prepare import resolve_asa_config
+
+    model = dataclasses.replace(wan, bundle=dataclasses.replace(wan.bundle, family=_family(family)))
+    (m,) = nodes["BladeASA"]().patch(model, settings, "torch", 0.95, 0.05, 0.3, 32, True, 12, 2, "1")
+    config, _ = resolve_asa_config(m.asa, [])
+    assert (config.max_ratio, config.sample_gap) == expect
+    assert config.dense_steps == 2 and config.dense_layers == (1,)  # run choices always from the node
+
+
+def _family(name):
+    from blade_pack.blade_ops.families import get_family
+
+    return get_family(name)
+
+
+def test_asa_rejects_nan_with_the_input_name(nodes, wan):
+    with pytest.raises(ValueError, match="BLADE ASA: max_ratio=nan"):
+        nodes["BladeASA"]().patch(wan, "custom (values below)", "torch", 0.95, 0.05, float("nan"), 32, True, 30, 0, "")
+
+
 def test_asa_estimate_precision(nodes, wan):
-    (m,) = nodes["BladeASA"]().patch(wan, "auto", 0.95, 0.05, 0.0, 32, True, 0, 0, "", estimate_precision="bf16")
+    (m,) = nodes["BladeASA"]().patch(wan, "family defaults", "auto", 0.95, 0.05, 0.17, 32, True, 30, 0, "",
+                                     estimate_precision="bf16")
     assert m.asa.config.estimate_precision == "bf16"
     with pytest.raises(ValueError, match="estimate_precision='int4' is not one of"):
-        nodes["BladeASA"]().patch(wan, "auto", 0.95, 0.05, 0.0, 32, True, 0, 0, "", estimate_precision="int4")
+        nodes["BladeASA"]().patch(wan, "family defaults", "auto", 0.95, 0.05, 0.17, 32, True, 30, 0, "",
+                                  estimate_precision="int4")
 
 
 def test_dense_layers_parsing(pack):
@@ -159,7 +192,7 @@ def test_cancel_stops_within_a_step_and_model_stays_usable(pack, nodes, wan, wan
     from blade_pack.blade_ops.attention import get_asa_handle
     from blade_pack.blade_ops.lora import applied_loras
 
-    (sparse,) = nodes["BladeASA"]().patch(wan, "torch", 0.95, 0.05, 0.0, 32, True, 0, 0, "")
+    (sparse,) = nodes["BladeASA"]().patch(wan, "family defaults", "torch", 0.95, 0.05, 0.17, 32, True, 30, 0, "")
     (model,) = nodes["BladeLoraLoader"]().patch(sparse, str(models_dir / "loras" / LORA_NAMES["wan"]), 1.0)
     before = _sample(nodes, model, wan_embeds, steps=3)
     assert [v for v, _ in comfy_stub.calls["progress"]] == [1, 2, 3]

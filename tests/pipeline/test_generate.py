@@ -140,7 +140,9 @@ def test_blade_preset_installs_asa_steps_it_and_applies_lora(tiny_folder, monkey
     monkeypatch.setattr(blade_ops.lora, "read_lora", lambda path: SimpleNamespace(info=SimpleNamespace(asa=None)))
     monkeypatch.setattr(
         blade_ops.lora, "apply_lora",
-        lambda transformer, path, strength: order.append(("lora", get_asa_handle(transformer) is not None, strength)),
+        lambda transformer, path, strength, merge=False: order.append(
+            ("lora", get_asa_handle(transformer) is not None, strength)
+        ),
     )
     prepare_model(bundle, "blade", lora="blade.safetensors", lora_strength=0.8)
     assert order == [("lora", True, 0.8)]
