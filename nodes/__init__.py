@@ -6,9 +6,9 @@ Importing this package never imports ComfyUI: ``comfy``/``folder_paths`` are rea
 
 from __future__ import annotations
 
-from . import asa, loaders, lora, sampler, text, video
+from . import asa, loaders, lora, native_asa, native_lora, native_schedule, native_text, sampler, text, video
 
-_MODULES = (loaders, text, asa, lora, sampler, video)
+_MODULES = (loaders, text, asa, lora, sampler, video, native_asa, native_lora, native_schedule, native_text)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -22,6 +22,10 @@ _WAN_T_TOP_TO_ORIGINAL = (
     ("condition_embedder.text_embedder.linear_1.", "text_embedding.0."),
     ("condition_embedder.text_embedder.linear_2.", "text_embedding.2."),
     ("condition_embedder.time_proj.", "time_projection.1."),
+    ("condition_embedder.image_embedder.norm1.", "img_emb.proj.0."),
+    ("condition_embedder.image_embedder.ff.net.0.proj.", "img_emb.proj.1."),
+    ("condition_embedder.image_embedder.ff.net.2.", "img_emb.proj.3."),
+    ("condition_embedder.image_embedder.norm2.", "img_emb.proj.4."),
     ("proj_out.", "head.head."),
 )
 _WAN_T_BLOCK_TO_ORIGINAL = (
@@ -31,6 +35,9 @@ _WAN_T_BLOCK_TO_ORIGINAL = (
     (".to_k.", ".k."),
     (".to_v.", ".v."),
     (".to_out.0.", ".o."),
+    (".add_k_proj.", ".k_img."),
+    (".add_v_proj.", ".v_img."),
+    (".norm_added_k.", ".norm_k_img."),
     (".ffn.net.0.proj.", ".ffn.0."),
     (".ffn.net.2.", ".ffn.2."),
 )

@@ -3,6 +3,7 @@
 from . import samplers as _samplers  # noqa: F401  (registers the built-in samplers)
 from .base import SAMPLERS, Sampler, available_samplers, make_sampler, register_sampler
 from .parameterization import FlowMatching, Parameterization, VPrediction
+from .samplers import flow_sigmas, flow_unipc_sample
 from .schedulers import COGVIDEOX_SCHEDULER_DEFAULTS, WAN_SCHEDULER_DEFAULTS, build_scheduler
 
 __all__ = [
@@ -10,6 +11,8 @@ __all__ = [
     "Sampler",
     "available_samplers",
     "make_sampler",
+    "flow_sigmas",
+    "flow_unipc_sample",
     "register_sampler",
     "FlowMatching",
     "Parameterization",

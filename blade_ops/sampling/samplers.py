@@ -10,6 +10,7 @@ REFERENCE.md, "Inference with a BLADE LoRA" and "Baselines":
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -132,3 +133,60 @@ class TDMSampler(Sampler):
         z = randn_tensor(eps.shape, generator=generator, device=eps.device, dtype=eps.dtype)
         noise = self.eta * eps + math.sqrt(1.0 - self.eta**2) * z
         return self.param.add_noise(x0, noise, self.timesteps[i + 1])
+
+
+def flow_sigmas(
+    name: str, family: FamilySpec, *, steps: int | None = None, shift: float | None = None
+) -> torch.Tensor:
+    """The sigmas a scheduler sampler visits, with the final 0: [steps + 1] float32 on the CPU.
+
+    For Wan's flow matching these are what ComfyUI's samplers take as SIGMAS: core's Wan maps sigma to the model's
+    timestep as sigma * 1000, so sampling with them visits this sampler's timesteps.
+    """
+    from .base import make_sampler
+
+    sampler = make_sampler(name, family, steps=steps, shift=shift)
+    sigmas = getattr(getattr(sampler, "scheduler", None), "sigmas", None)
+    if sigmas is None or not getattr(sampler.scheduler.config, "use_flow_sigmas", False):
+        raise ValueError(f"Sampler {name!r} for {family.name} has no flow-matching sigma schedule.")
+    return sigmas.detach().float().cpu().clone()
+
+
+def flow_unipc_sample(
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """The ``blade`` sampler's solver (diffusers' UniPC, bh2, order 2, lower order at the end) over given flow sigmas.
+
+    ``velocity(x, t)`` returns the model's flow velocity at timestep ``t`` ([1] float tensor); ``x`` is the start at
+    ``sigmas[0]``; ``sigmas`` decrease and end in 0. As in the pack's sampler, the model is told the integer
+    timestep int(sigma * 1000) while the solver steps with the exact sigmas. This lets a caller with its own model
+    wrapper (ComfyUI's samplers) step exactly as the pack does: ComfyUI's own uni_pc_bh2 is a third-order UniPC
+    and tells the model sigma * 1000 unrounded.
+    """
+    from ..families import WAN
+
+    sigmas = sigmas.detach().float().cpu()
+    decreasing = sigmas.dim() == 1 and sigmas.numel() >= 2 and bool((sigmas[1:] < sigmas[:-1]).all())
+    if not decreasing or float(sigmas[-1]) != 0.0:
+        raise ValueError(f"sigmas must decrease strictly and end in 0; got {sigmas.tolist()}.")
+    steps = sigmas.numel() - 1
+    scheduler = build_scheduler(WAN)
+    scheduler.set_timesteps(steps, device="cpu")
+    scheduler.sigmas = sigmas.clone()
+    scheduler.timesteps = (sigmas[:-1] * scheduler.config.num_train_timesteps).to(torch.int64)
+    if bool((scheduler.timesteps == 0).any()):
+        raise ValueError(
+            f"sigmas {sigmas.tolist()} fall below 1/1000 before the final 0: no timestep to show the model."
+        )
+    scheduler.set_begin_index(0)
+    for i in range(steps):
+        t = scheduler.timesteps[i]
+        v = velocity(x, t.reshape(1).float())
+        x = scheduler.step(v.to(x.dtype), t, x, return_dict=False)[0]
+        if on_step is not None:
+            on_step(i, x)
+    return x
