@@ -1,5 +1,6 @@
 """A real ComfyUI server runs the pack: it registers the nodes, validates and executes every API workflow on tiny
-models, and the Save Video node's mp4 has the expected frames and size.
+models, and the Save Video node's mp4 has the expected frames and size. The workflows on core's own loaders run
+with tiny files in core's formats (tests/comfyui/write_core_files.py) and report the density ASA kept.
 
 Needs a ComfyUI checkout in $COMFYUI_PATH (skipped otherwise) and a Python that can run it in $COMFYUI_PYTHON
 (default: this interpreter) with the pack's requirements installed. Everything the server writes stays in a
@@ -22,17 +23,22 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nodes"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from blade_tiny_files import populate_models_dir, tiny_api_workflow  # noqa: E402
+from write_core_files import TEXT_ENCODER_FOLDER  # noqa: E402
 
 pytestmark = pytest.mark.comfyui
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
+API = WORKFLOWS / "api"
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
 START_TIMEOUT_S = float(os.environ.get("COMFYUI_START_TIMEOUT", "240"))
 RUN_TIMEOUT_S = float(os.environ.get("COMFYUI_RUN_TIMEOUT", "300"))
-API_FILES = sorted(p.name for p in WORKFLOWS.glob("*.api.json"))
+NATIVE_FILES = sorted(p.name for p in API.glob("*native*.api.json"))
+API_FILES = sorted(p.name for p in API.glob("*.api.json") if p.name not in NATIVE_FILES)
 
 
 def _free_port() -> int:
@@ -68,11 +74,13 @@ def server(tmp_path_factory):
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "comfyui-blade").symlink_to(ROOT, target_is_directory=True)
     populate_models_dir(base / "models")
+    subprocess.run([COMFYUI_PYTHON, str(Path(__file__).with_name("write_core_files.py")), str(base / "models")],
+                   check=True, env={**os.environ, "COMFYUI_PATH": str(comfy)})
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = base / "server.log"
     cmd = [
-        os.environ.get("COMFYUI_PYTHON", sys.executable), str(comfy / "main.py"), "--cpu", "--listen", "127.0.0.1",
+        COMFYUI_PYTHON, str(comfy / "main.py"), "--cpu", "--listen", "127.0.0.1",
         "--port", str(port), "--base-directory", str(base), "--disable-auto-launch",
         "--database-url", "sqlite:///:memory:",
     ]
@@ -110,6 +118,33 @@ def test_nodes_are_registered(server):
     loader = info["BladeModelLoader"]["input"]["required"]["model_name"][0]
     assert "tiny_wan" in loader and "tiny_cogvideox" in loader
     assert "tiny_wan_blade_lora.safetensors" in info["BladeLoraLoader"]["input"]["required"]["lora_name"][0]
+    native = ("BladeNativeASA", "BladeNativeLoRA", "BladeSchedule", "BladeUniPCSampler", "BladeEmbedsToConditioning")
+    assert set(native) <= set(ours)
+
+
+def test_core_node_signatures_in_the_workflow_builder_match_comfyui(server, workflow_builder):
+    """The build script describes core's nodes by hand (it runs without ComfyUI): check it against the server."""
+    url, _, _ = server
+    info = _get(f"{url}/object_info")
+    for class_type, sig in workflow_builder.CORE_NODES.items():
+        if class_type == "Note":  # a frontend-only node
+            continue
+        spec = info[class_type]["input"]
+        order = info[class_type]["input_order"]
+        names = order["required"] + order.get("optional", [])
+        items = {**spec["required"], **spec.get("optional", {})}
+        widgets = []
+        for name in names:
+            kind = items[name][0]
+            if isinstance(kind, list) or kind in workflow_builder.WIDGET_TYPES or kind == "COMBO":
+                widgets.append(name)
+                if len(items[name]) > 1 and items[name][1].get("control_after_generate"):
+                    widgets.append("control_after_generate")
+        sockets = [(n, items[n][0]) for n in names if n not in widgets]
+        assert widgets == sig["widgets"], class_type
+        assert sockets == [tuple(x) for x in sig["inputs"]], class_type
+        outputs = list(zip(info[class_type]["output_name"], info[class_type]["output"], strict=True))
+        assert outputs == [tuple(x) for x in sig["outputs"]], class_type
 
 
 def _wait_for(url: str, prompt_id: str, log_path: Path) -> dict:
@@ -132,7 +167,7 @@ def test_workflow_runs_in_comfyui(server, name):
 
     url, base, log_path = server
     family = "wan" if name.startswith("wan") else "cogvideox"
-    api = tiny_api_workflow(json.loads((WORKFLOWS / name).read_text()), family)
+    api = tiny_api_workflow(json.loads((API / name).read_text()), family)
     ui = json.loads((WORKFLOWS / name.replace(".api.json", ".json")).read_text())
     payload = {"prompt": api, "client_id": uuid.uuid4().hex, "extra_data": {"extra_pnginfo": {"workflow": ui}}}
     queued = _post(f"{url}/prompt", payload)
@@ -151,7 +186,7 @@ def test_workflow_runs_in_comfyui(server, name):
 def test_cancel_stops_the_sampler_and_the_next_run_works(server):
     """POST /interrupt (the UI's Cancel) during a long run ends it within a step; the model then runs again."""
     url, _, log_path = server
-    api = tiny_api_workflow(json.loads((WORKFLOWS / "wan_baseline_50step.api.json").read_text()), "wan")
+    api = tiny_api_workflow(json.loads((API / "wan_baseline_50step.api.json").read_text()), "wan")
     sampler = next(n for n in api.values() if n["class_type"] == "BladeSampler")
     sampler["inputs"]["steps"] = 1000
     queued = _post(f"{url}/prompt", {"prompt": api, "client_id": uuid.uuid4().hex})
@@ -177,3 +212,66 @@ def test_cancel_stops_the_sampler_and_the_next_run_works(server):
     again = _post(f"{url}/prompt", {"prompt": api, "client_id": uuid.uuid4().hex})
     entry = _wait_for(url, again["prompt_id"], log_path)
     assert any(out.get("images") for out in entry["outputs"].values())
+
+
+NATIVE_SIZE = dict(width=256, height=256, length=9)  # latent 3 x 32 x 32 (Wan2.1) -> 768 tokens, 6 ASA blocks
+
+
+def tiny_native_workflow(api: dict) -> dict:
+    """A workflow on core's loaders with a size the tiny files take, 3 steps instead of 50, and the text path
+    through the pack's text encoder (core's CLIPLoader builds Wan's UMT5 only at its released XXL size)."""
+    api = json.loads(json.dumps(api))
+    new_id = max(int(k) for k in api) + 100
+    renamed: dict[str, str] = {}
+    for node_id, node in list(api.items()):
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CLIPLoader":
+            api[node_id] = {"class_type": "BladeTextEncoderLoader", "inputs": {
+                "text_encoder_name": TEXT_ENCODER_FOLDER, "family": "wan", "dtype": "fp32"}}
+        elif kind == "CLIPTextEncode":
+            api[node_id] = {"class_type": "BladeTextEncode", "inputs": {
+                "text_encoder": inputs["clip"], "prompt": inputs["text"], "negative_prompt": ""}}
+            new_id += 1
+            api[str(new_id)] = {"class_type": "BladeEmbedsToConditioning", "inputs": {"embeds": [node_id, 0]}}
+            renamed[node_id] = str(new_id)
+        elif kind in ("EmptyHunyuanLatentVideo", "Wan22ImageToVideoLatent"):
+            inputs.update(NATIVE_SIZE)
+        elif kind == "KSampler":
+            inputs["steps"] = 3
+    for node in api.values():
+        for key, value in node["inputs"].items():
+            if isinstance(value, list) and value[0] in renamed and node["class_type"] != "BladeEmbedsToConditioning":
+                node["inputs"][key] = [renamed[value[0]], value[1]]
+    return api
+
+
+def _density_lines(log_path: Path) -> list[str]:
+    return [line for line in log_path.read_text().splitlines() if "sparse self-attention calls, mean density" in line]
+
+
+@pytest.mark.parametrize("name", NATIVE_FILES)
+def test_workflow_on_core_loaders_runs_in_comfyui(server, name):
+    """Core's UNETLoader / VAELoader / samplers / VAE Decode / Save Video with the pack's patches on the MODEL."""
+    import re
+
+    from blade_ops.video_io import read_mp4
+
+    url, base, log_path = server
+    api = tiny_native_workflow(json.loads((API / name).read_text()))
+    before = len(_density_lines(log_path))
+    queued = _post(f"{url}/prompt", {"prompt": api, "client_id": uuid.uuid4().hex})
+    assert not queued.get("node_errors"), queued
+    entry = _wait_for(url, queued["prompt_id"], log_path)
+    saved = [v for out in entry["outputs"].values() for key in ("images", "videos") for v in out.get(key, [])]
+    assert len(saved) == 1 and saved[0]["filename"].endswith(".mp4"), entry["outputs"]
+    frames, _ = read_mp4(base / "output" / saved[0]["subfolder"] / saved[0]["filename"])
+    assert frames.shape[:3] == (NATIVE_SIZE["length"], NATIVE_SIZE["height"], NATIVE_SIZE["width"])
+    reports = _density_lines(log_path)[before:]
+    if "baseline" in name:
+        assert not reports, reports
+        return
+    assert len(reports) == 1, log_path.read_text()[-3000:]
+    density = float(re.search(r"mean density ([0-9.]+)", reports[0])[1])
+    assert 0.0 < density < 1.0, reports[0]  # sparse for real (768 tokens: 2 of 6 key blocks, 5 on Wan2.2)
+    if "blade" in name:
+        assert "settings from LoRA #1's metadata" in reports[0], reports[0]
