@@ -63,7 +63,7 @@ class RunReport:
     def sparsity(self) -> float:
         """BLADE's reported sparsity: 1 - mean(mask) - 1/sample_gap (the global branch's pooled keys count)."""
         gap = 1.0 / self.sample_gap if self.sample_gap else 0.0
-        return 1.0 - self.mean_density - gap
+        return max(0.0, 1.0 - self.mean_density - gap)  # nothing is skipped when every block is kept
 
     def describe(self) -> str:
         dense = ", ".join(f"{n} {reason}" for reason, n in self.dense_calls.most_common()) or "none"
