@@ -125,12 +125,15 @@ def test_flex_cuda_forward_backward_matches_torch(lq, bs, d):
 @pytest.mark.skipif(not BACKENDS["block_sparse_attn"].available, reason="block_sparse_attn not installed")
 def test_block_sparse_attn_matches_torch():
     q, k, v, mask = _inputs(2, 2, 1000, 1000, 64, 128)
-    q, k, v = (x.cuda().half() for x in (q, k, v))
+    q, k, v = (x.cuda().half().requires_grad_() for x in (q, k, v))
     mask = mask.cuda()
     o1, l1 = get_backend("torch").fn(q, k, v, mask, 128, 0.125)
     o2, l2 = get_backend("block_sparse_attn").fn(q, k, v, mask, 128, 0.125)
     torch.testing.assert_close(o2.float(), o1.float(), atol=5e-3, rtol=5e-3)
     torch.testing.assert_close(l2, l1, atol=5e-3, rtol=5e-3)
+    g = torch.randn_like(o1)
+    for a, b in zip(torch.autograd.grad(o2, (q, k, v), g), torch.autograd.grad(o1, (q, k, v), g), strict=True):
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
 
 
 def _lists(bm, side):
