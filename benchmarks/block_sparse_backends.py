@@ -72,7 +72,8 @@ def bench_shape(name: str, args, results: dict) -> None:
     r = results.setdefault(name, {"shape": [b, h, length, d], "config": cfg.to_dict(), "kernel": {}, "asa": {}})
     do = torch.randn_like(q)
     plans: list = []
-    asa_attention(q, k, v, grid=grid, num_text_tokens=nt, config=cfg, backend="flex", plan_out=plans)
+    # the rule's selection does not depend on the backend (it is made before the kernel call)
+    asa_attention(q, k, v, grid=grid, num_text_tokens=nt, config=cfg, backend=args.backends[0], plan_out=plans)
     rule = plans[0].selection.dense
     masks = {"ASA rule": rule}
     for dens in FIXED_DENSITIES:
@@ -134,8 +135,8 @@ def render_markdown(results: dict, command: str) -> str:
         f"Command: `{command}`  ",
         f"Device: {env.get('device')}; torch {env.get('torch')}, CUDA {env.get('cuda')}; block_sparse_attn "
         f"{env.get('library_version')} built from mit-han-lab/Block-Sparse-Attention commit "
-        f"{env.get('library_commit')} for sm_90 only (bf16 and fp16, head dims 64 and 128, non-causal forward and "
-        f"backward) in {env.get('build_seconds')} s; date {env.get('date')}.",
+        f"{env.get('library_commit')} ({env.get('build_note')}; build {env.get('build_seconds')} s); date "
+        f"{env.get('date')}.",
         "",
         "bf16, the structured inputs of the Attention section. kernel: one backend call (each backend's block-mask "
         "conversion included); ASA: `asa_attention` end to end at the rule's mask (flex folds the global branch into "
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--rep", type=int, default=80, help="do_bench repetitions, ms")
     parser.add_argument("--library-commit", default="unknown", help="Block-Sparse-Attention commit, for the docs")
     parser.add_argument("--build-seconds", default="unknown", help="its build time, for the docs")
+    parser.add_argument("--build-note", default="archs and kernels not stated", help="what the build holds")
     parser.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "block_sparse_backends.json"))
     parser.add_argument("--write-docs", action="store_true", help="update this section of docs/BENCHMARKS.md")
     parser.add_argument("--render", default=None, help="only render a results JSON into docs/BENCHMARKS.md")
@@ -218,7 +220,7 @@ def main() -> None:
         "env": {
             "device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "date": datetime.date.today().isoformat(), "library_version": version,
-            "library_commit": args.library_commit, "build_seconds": args.build_seconds,
+            "library_commit": args.library_commit, "build_seconds": args.build_seconds, "build_note": args.build_note,
         },
     }
     for name in args.shapes.split(","):

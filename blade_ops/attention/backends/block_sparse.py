@@ -14,8 +14,8 @@ backend"). The backend calls the library's forward and backward kernel entry poi
   D_i -> D_i - g_i does, so the backward gets O shifted along dO to give that D; rows with dO_i = 0 and g_i != 0
   take one more backward call. ASA's global branch, merged through the LSE, therefore gets exact gradients.
 
-Kernel envelope: float16/bfloat16, head_dim a multiple of 8 and at most 128 (a build may hold fewer head dims:
-scripts/build_block_sparse_attn.sh compiles 64 and 128 by default, the others raise), forward and backward.
+Kernel envelope: float16/bfloat16, head_dim a multiple of 8 and at most 128 (above 128 this library version
+launches nothing), forward and backward; a build trimmed to fewer head dims or dtypes raises from the library.
 """
 
 from __future__ import annotations
