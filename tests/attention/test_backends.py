@@ -4,12 +4,15 @@ computes the same block-sparse attention and log-sum-exp as the torch oracle, ta
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 
 import pytest
 import torch
 
-from blade_ops.attention.backends import BACKENDS, KVBias, available_backends, get_backend, resolve_backend
+from blade_ops.attention import backends as backends_mod
+from blade_ops.attention.backends import BACKENDS, KVBias, auto_order, available_backends, get_backend, resolve_backend
 from blade_ops.attention.backends.torch_backend import expand_block_mask
 
 
@@ -38,6 +41,36 @@ def test_registry():
     assert "torch" in available_backends("cpu")
     with pytest.raises(ValueError, match="Unknown attention backend 'sage'"):
         get_backend("sage")
+
+
+def test_auto_order_follows_the_measured_table(monkeypatch):
+    assert auto_order("cpu", 128) == ("torch",)
+    monkeypatch.setattr(backends_mod, "AUTO_MEASURED_FWD_MS", {})
+    assert auto_order("cuda", 128) == auto_order("cuda") == ("flex", "block_sparse_attn", "torch")
+    table = {128: {"flex": 2.0, "block_sparse_attn": 1.5}, 64: {"flex": 1.0, "block_sparse_attn": 1.2}}
+    monkeypatch.setattr(backends_mod, "AUTO_MEASURED_FWD_MS", table)
+    assert auto_order("cuda", 128) == ("block_sparse_attn", "flex", "torch")
+    assert auto_order("cuda", 64) == ("flex", "block_sparse_attn", "torch")
+    assert auto_order("cuda", 96) == auto_order("cuda") == ("flex", "block_sparse_attn", "torch")  # no single winner
+    table[64]["block_sparse_attn"] = 0.9
+    assert auto_order("cuda") == ("block_sparse_attn", "flex", "torch")  # the winner at every measured head dim
+
+
+def test_auto_takes_the_faster_installed_backend_and_logs_it(monkeypatch, caplog):
+    monkeypatch.setattr(backends_mod, "AUTO_MEASURED_FWD_MS", {128: {"flex": 2.0, "block_sparse_attn": 1.5}})
+    monkeypatch.setattr(backends_mod, "_AUTO_LOGGED", set())
+    if not BACKENDS["flex"].available:
+        pytest.skip("FlexAttention needs torch >= 2.5")
+    missing = dataclasses.replace(BACKENDS["block_sparse_attn"], available=False)
+    monkeypatch.setitem(BACKENDS, "block_sparse_attn", missing)
+    assert resolve_backend("auto", "cuda", 128) == "flex"  # the faster one is absent: the next installed one
+    monkeypatch.setitem(BACKENDS, "block_sparse_attn", dataclasses.replace(missing, available=True))
+    with caplog.at_level(logging.INFO, logger="blade_ops.attention.backends"):
+        assert resolve_backend("auto", "cuda", 128) == "block_sparse_attn"
+        assert resolve_backend("auto", "cuda", 128) == "block_sparse_attn"
+    lines = [r.getMessage() for r in caplog.records if "block_sparse_attn" in r.getMessage()]
+    assert lines == ["ASA attention backend 'auto' -> 'block_sparse_attn' on cuda, head_dim 128 "
+                     f"(installed: {available_backends('cuda')})"]  # once per device type and head dim
 
 
 @pytest.mark.skipif(BACKENDS["block_sparse_attn"].available, reason="block_sparse_attn is installed here")
@@ -125,12 +158,15 @@ def test_flex_cuda_forward_backward_matches_torch(lq, bs, d):
 @pytest.mark.skipif(not BACKENDS["block_sparse_attn"].available, reason="block_sparse_attn not installed")
 def test_block_sparse_attn_matches_torch():
     q, k, v, mask = _inputs(2, 2, 1000, 1000, 64, 128)
-    q, k, v = (x.cuda().half() for x in (q, k, v))
+    q, k, v = (x.cuda().half().requires_grad_() for x in (q, k, v))
     mask = mask.cuda()
     o1, l1 = get_backend("torch").fn(q, k, v, mask, 128, 0.125)
     o2, l2 = get_backend("block_sparse_attn").fn(q, k, v, mask, 128, 0.125)
     torch.testing.assert_close(o2.float(), o1.float(), atol=5e-3, rtol=5e-3)
     torch.testing.assert_close(l2, l1, atol=5e-3, rtol=5e-3)
+    g = torch.randn_like(o1)
+    for a, b in zip(torch.autograd.grad(o2, (q, k, v), g), torch.autograd.grad(o1, (q, k, v), g), strict=True):
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
 
 
 def _lists(bm, side):

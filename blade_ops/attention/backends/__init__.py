@@ -17,6 +17,7 @@ RuntimeError naming the package and how to install it. There is no silent fallba
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,7 +25,10 @@ import torch
 
 __all__ = [
     "AttentionBackend", "KVBias", "register", "get_backend", "resolve_backend", "available_backends", "BACKENDS",
+    "AUTO_MEASURED_FWD_MS", "auto_order",
 ]
+
+logger = logging.getLogger(__name__)
 
 BackendFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -107,20 +111,51 @@ def get_backend(name: str, device: torch.device | str | None = None) -> Attentio
     return backend
 
 
-def resolve_backend(name: str, device: torch.device | str) -> str:
+# "auto" on CUDA: ASA end to end at the rule's mask, bf16 forward, ms, per head dim, as measured in docs/BENCHMARKS.md
+# section "block_sparse_attn beside flex" (benchmarks/block_sparse_backends.py; GPU and library commit named there).
+# The faster installed backend wins for the call's head dim; without a head dim, the backend that won at every
+# measured head dim, if one did, else flex.
+AUTO_MEASURED_FWD_MS: dict[int, dict[str, float]] = {}
+_AUTO_FALLBACK_CUDA = ("flex", "block_sparse_attn", "torch")
+_AUTO_LOGGED: set[tuple] = set()
+
+
+def auto_order(device_type: str, head_dim: int | None = None) -> tuple[str, ...]:
+    """Backends "auto" tries, best first, on ``device_type`` for ``head_dim``."""
+    if device_type != "cuda":
+        return ("torch",)
+    if head_dim is None:
+        winners = {min(t, key=t.get) for t in AUTO_MEASURED_FWD_MS.values() if t}
+        measured = {winner: 0.0 for winner in winners} if len(winners) == 1 else None
+    else:
+        measured = AUTO_MEASURED_FWD_MS.get(int(head_dim))
+    if not measured:
+        return _AUTO_FALLBACK_CUDA
+    ranked = sorted(measured, key=measured.get)
+    return tuple(ranked) + tuple(n for n in _AUTO_FALLBACK_CUDA if n not in ranked)
+
+
+def resolve_backend(name: str, device: torch.device | str, head_dim: int | None = None) -> str:
     """Concrete backend name for ``name`` on ``device``; "auto" picks the best available one.
 
-    auto: on CUDA ``flex`` (compiled FlexAttention, forward and backward, folds the global branch) unless only
-    ``block_sparse_attn`` is installed; on CPU ``torch``.
+    auto: on CUDA the faster of ``flex`` and ``block_sparse_attn`` for ``head_dim`` by the measured table
+    :data:`AUTO_MEASURED_FWD_MS`, falling back to the next installed one (flex when block_sparse_attn is absent); on
+    CPU ``torch``. The choice is logged once at INFO per device type and head dim.
     """
     dev = torch.device(device)
     if name != "auto":
         get_backend(name, dev)
         return name
-    order = ("flex", "block_sparse_attn", "torch") if dev.type == "cuda" else ("torch",)
-    for candidate in order:
+    for candidate in auto_order(dev.type, head_dim):
         backend = BACKENDS.get(candidate)
         if backend is not None and backend.available and dev.type in backend.devices:
+            key = (dev.type, head_dim, candidate)
+            if key not in _AUTO_LOGGED:
+                _AUTO_LOGGED.add(key)
+                logger.info(
+                    "ASA attention backend 'auto' -> %r on %s%s (installed: %s)", candidate, dev.type,
+                    "" if head_dim is None else f", head_dim {head_dim}", available_backends(dev),
+                )
             return candidate
     raise RuntimeError(f"No block-sparse attention backend is available for device {dev}.")
 
