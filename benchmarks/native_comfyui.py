@@ -264,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     baseline_model = model_sampling_sd3(comfy, base, 3.0)
     asa_model = mapping["BladeNativeASA"]().patch(base, "family defaults", args.backend)[0]
     blade_model = mapping["BladeNativeLoRA"]().patch(asa_model, str(lora), 1.0)[0]
-    rows = [run_preset(comfy, "baseline", baseline_model, clip, vae, latent, args)]
-    rows.append(run_preset(comfy, "blade", blade_model, clip, vae, latent, args))
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        rows = [run_preset(comfy, "baseline", baseline_model, clip, vae, latent, args)]
+        rows.append(run_preset(comfy, "blade", blade_model, clip, vae, latent, args))
     for row in rows:
         row["denoise_speedup"] = rows[0]["denoise_s"] / row["denoise_s"]
         row["end_to_end_speedup"] = rows[0]["total_s"] / row["total_s"]

@@ -88,6 +88,7 @@ class NativeASAState:
         self.dense_calls: Counter = Counter()
         self.last_report: RunReport | None = None
         self._configs: dict[tuple, tuple[ASAConfig, str]] = {}
+        self._config: ASAConfig | None = None  # the config of the latest call, for the run's report
         self._origin: str | None = None
         self._backend: dict[str, str] = {}
         self._logged: set[str] = set()
@@ -106,7 +107,7 @@ class NativeASAState:
         """Log what the run did (once per run) and keep it as :attr:`last_report`."""
         if not self.stats.calls and not self.dense_calls:
             return self.last_report
-        config = next(iter(self._configs.values()))[0] if self._configs else None
+        config = self._config
         report = RunReport(
             sparse_calls=self.stats.calls, mean_density=self.stats.mean_density,
             sample_gap=config.sample_gap if config is not None and config.use_global else None,
@@ -118,7 +119,7 @@ class NativeASAState:
         self.dense_calls.clear()
         return report
 
-    def enter_forward(self, grid: tuple[int, int, int]) -> tuple:
+    def enter_forward(self, grid: tuple[int, int, int] | None) -> tuple:
         saved = (self.grid, self.self_calls)
         self.grid, self.self_calls = grid, 0
         return saved
@@ -140,8 +141,8 @@ class NativeASAState:
             config, origin = resolve_asa_config(self.request, recorded)
             log.info("BLADE ASA: settings from %s: %s", origin, config)
             self._configs[key] = (config, origin)
-        config, self._origin = self._configs[key]
-        return config
+        self._config, self._origin = self._configs[key]
+        return self._config
 
     def backend_for(self, device: torch.device) -> str:
         name = self._backend.get(str(device))
@@ -260,7 +261,12 @@ def grid_wrapper(state: NativeASAState) -> Callable:
     def wrapper(executor, x, *args, **kwargs):
         time_concat = args[3] if len(args) > 3 else kwargs.get("time_dim_concat")
         model = executor.class_obj
-        saved = state.enter_forward(video_grid(x, model.patch_size, time_concat))
+        try:
+            grid = video_grid(x, model.patch_size, time_concat)
+        except (AttributeError, TypeError, ValueError) as err:  # not a [B, C, T, H, W] latent: ASA declines
+            state.log_once("no-grid", "no token grid for this model input (%s); attention stays as it was", err)
+            grid = None
+        saved = state.enter_forward(grid)
         try:
             return executor(x, *args, **kwargs)
         finally:

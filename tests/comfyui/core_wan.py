@@ -123,10 +123,11 @@ def sample(comfy: SimpleNamespace, model, sigmas: torch.Tensor, *, sampler: str 
     noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
     positive = positive if positive is not None else conditioning()
     negative = [[torch.zeros_like(positive[0][0]), {}]]
-    return comfy.sample.sample_custom(
-        model, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas, positive, negative, latent,
-        disable_pbar=True, seed=seed,
-    )
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        return comfy.sample.sample_custom(
+            model, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas, positive, negative, latent,
+            disable_pbar=True, seed=seed,
+        )
 
 
 def core_forward(model, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, **kwargs) -> torch.Tensor:

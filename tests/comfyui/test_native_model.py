@@ -69,8 +69,9 @@ def _sample_blade(comfy, nodes, model, steps=3, seed=0):
     noise = torch.randn(LATENT, generator=torch.Generator().manual_seed(seed))
     positive = cw.conditioning()
     negative = [[torch.zeros_like(positive[0][0]), {}]]
-    out = comfy.sample.sample_custom(model, noise, 1.0, _blade_sampler(comfy, nodes), sigmas, positive, negative,
-                                     latent, disable_pbar=True, seed=seed)
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        out = comfy.sample.sample_custom(model, noise, 1.0, _blade_sampler(comfy, nodes), sigmas, positive, negative,
+                                         latent, disable_pbar=True, seed=seed)
     return model.model.process_latent_in(out)  # back to the model's latent space, where the pack samples
 
 
@@ -263,3 +264,15 @@ def test_schedule_node_equals_the_packs_blade_sampler_and_ksampler_settings(comf
     assert float((ksampler - sigmas).abs().max()) < 1.7e-3
     timesteps = (ksampler[:-1] * 1000).long()  # what core's Wan is told, truncated as the pack's sampler truncates
     assert (timesteps - sampler.timesteps).abs().max() <= 1
+
+
+def test_lora_node_on_an_fp8_scaled_model(comfy, nodes, files, tmp_path):
+    """Core's patcher applies the LoRA to float8 weights with their scales: the output moves, stays finite."""
+    path = cw.save_core_file(cw.tiny_diffusers_wan("t2v", seed=4), tmp_path / "fp8.safetensors", "fp8_scaled")
+    core = cw.load_core(comfy, path, dtype=None)
+    lora_path = _tiny_blade_lora(files, None, seed=9)
+    base = _sample_blade(comfy, nodes, core, steps=2)
+    patched = nodes["BladeNativeLoRA"]().patch(core, str(lora_path), 1.0)[0]
+    assert len(patched.patches) == 16
+    out = _sample_blade(comfy, nodes, patched, steps=2)
+    assert torch.isfinite(out).all() and (out - base).abs().max() > 1e-3
