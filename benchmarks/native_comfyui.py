@@ -7,8 +7,9 @@ weights of Wan2.1-T2V-1.3B in core's key layout; the text encoder is core's UMT5
 512-token padding unchanged) driven as CLIPTextEncode drives it; the VAE is core's Wan2.1 VAE (VAELoader's ``VAE``,
 random weights) decoded as VAE Decode decodes. Timings do not depend on the weights.
 
-- baseline: ModelSamplingSD3 shift 3.0 (as core's node patches it), ``comfy.sample.sample`` (what KSampler calls) with uni_pc_bh2,
-  scheduler simple, 50 steps, CFG 5.0 with a negative prompt; dense attention (core's default, PyTorch SDPA);
+- baseline: ModelSamplingSD3 shift 3.0 (as core's node patches it), ``comfy.sample.sample`` (what KSampler calls)
+  with uni_pc_bh2, scheduler simple, 50 steps, CFG 5.0 with a negative prompt; dense attention (core's default,
+  PyTorch SDPA);
 - blade: the pack's BLADE ASA (ComfyUI model) and BLADE LoRA (ComfyUI model) nodes on the same MODEL (a random
   rank-64 LoRA on the 240 attention projections, as BLADE releases; core merges it into the weights when it loads
   the model, so it costs nothing per step), ``comfy.sample.sample_custom`` (what SamplerCustomAdvanced calls) with
@@ -107,10 +108,9 @@ def random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def core_transformer_sd(variant: str) -> dict[str, torch.Tensor]:
     """Random Wan weights from the pack's shipped diffusers config, in core's (original Wan) key layout, bf16."""
-    from diffusers import WanTransformer3DModel
-
     from blade_pack.blade_ops.models.keymaps import wan_transformer_to_original
     from blade_pack.blade_ops.models.variants import shipped_config
+    from diffusers import WanTransformer3DModel
 
     config = {k: v for k, v in shipped_config(variant, "transformer").items() if not k.startswith("_")}
     with DEVICE:
@@ -127,8 +127,8 @@ def spiece_model_bytes() -> bytes:
     words = (PROMPT + " " + NEGATIVE + " the a of and in on with video scene light camera").split()
     sentences = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 20
     out = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=out, vocab_size=48, hard_vocab_limit=False,
-                                   model_type="unigram", minloglevel=2)
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=out, vocab_size=48,
+                                   hard_vocab_limit=False, model_type="unigram", minloglevel=2)
     return out.getvalue()
 
 
@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto", help="ASA kernel backend")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/blade_native_bench"))
     parser.add_argument("--smoke", action="store_true",
-                        help="check the script on the CPU (zero conditioning instead of UMT5-XXL); pass a tiny size and steps")
+                        help="check the script on the CPU (zero conditioning instead of UMT5-XXL); pass a tiny size "
+                        "and steps")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
@@ -272,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         row["end_to_end_speedup"] = rows[0]["total_s"] / row["total_s"]
     commit = subprocess.run(["git", "-C", os.environ["COMFYUI_PATH"], "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or os.environ.get("COMFYUI_COMMIT", "unknown")
-    meta = {"gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu", "torch": torch.__version__, "comfyui_commit": commit,
+    gpu = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
+    meta = {"gpu": gpu, "torch": torch.__version__, "comfyui_commit": commit,
             "variant": args.variant, "size": [args.frames, args.height, args.width],
             "command": "python benchmarks/native_comfyui.py " + shlex.join(argv or sys.argv[1:])}
     try:
