@@ -98,6 +98,7 @@ class RunLock:
         os.pwrite(fd, json.dumps(info).encode(), 0)
         os.fsync(fd)
         self._fd = fd
+        logger.info("Holding the lock %s (PID %d): one run at a time in this folder.", self.path, os.getpid())
         return self
 
     @staticmethod
