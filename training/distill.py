@@ -516,8 +516,9 @@ def main(argv: list[str] | None = None) -> int:
                        f"checkpoint {err.checkpoint}" if err.checkpoint is not None else "nothing new to save")
         return exit_code(err.signum)
     except StopRequested as err:
-        logger.warning("Stopped by %s outside the training loop; the checkpoints on disk are complete. Run the same "
-                       "command again to resume.", signal_name(err.signum))
+        logger.warning("Stopped by %s at once (outside a training step, or a second signal); the checkpoints on "
+                       "disk are complete, a write in progress was discarded. Run the same command again to resume.",
+                       signal_name(err.signum))
         return exit_code(err.signum)
     except TrainingError as err:
         logger.error("%s", err)
