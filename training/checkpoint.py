@@ -256,6 +256,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         if not isinstance(files, dict) or not all(isinstance(e, dict) and {"size", "sha256"} <= set(e)
                                                   for e in files.values()):
             raise TypeError("bad file list")
+        if any(Path(name).name != name or name.startswith(".") for name in files):
+            raise ValueError("a file name outside the folder")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(path, f"{MANIFEST} is damaged ({err})") from None
     if manifest.get("format") != MANIFEST_FORMAT:

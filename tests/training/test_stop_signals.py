@@ -4,8 +4,10 @@ killed midway left behind and resumes from the newest checkpoint. (The two runs 
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import time
 
 import pytest
 from cli_runs import DistillProcess, tiny_cli_args
@@ -13,6 +15,7 @@ from training_helpers import make_distiller
 
 from training.checkpoint import list_checkpoints, read_checkpoint
 from training.distill import train
+from training.stop import GracefulStop, StopRequested
 
 
 @pytest.fixture
@@ -68,3 +71,26 @@ def test_sigterm_and_sigint_checkpoint_at_the_step_boundary(tiny_folder, embeddi
     stopped = re.search(r"Stopped by SIGINT at step (\d+)", log)
     assert stopped and int(stopped.group(1)) >= 4
     assert read_checkpoint(list_checkpoints(resumed)[-1])[0].step == int(stopped.group(1))
+
+
+def _deliver(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(0.05)  # Python runs the handler in the main thread at its next instruction
+
+
+def test_first_signal_waits_for_the_step_boundary_a_second_stops_at_once():
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stop = GracefulStop().install()
+    try:
+        with stop.deferring():
+            _deliver(signal.SIGTERM)
+            assert stop.signum == signal.SIGTERM and stop.agreed() == signal.SIGTERM
+            with pytest.raises(StopRequested, match="SIGINT"):
+                _deliver(signal.SIGINT)
+        fresh = GracefulStop().install()
+        with pytest.raises(StopRequested, match="SIGTERM"):  # outside a training step: at once
+            _deliver(signal.SIGTERM)
+        fresh.restore()
+    finally:
+        stop.restore()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers restored
