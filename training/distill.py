@@ -28,14 +28,7 @@ from blade_ops.pipeline.latents import latent_grid, latent_shape
 from blade_ops.sampling import make_sampler
 
 from . import tdm
-from .checkpoint import (
-    TrainState,
-    load_latest,
-    read_checkpoint,
-    restore_rng,
-    rng_state,
-    write_checkpoint,
-)
+from .checkpoint import TrainState, load_latest, read_checkpoint, restore_rng, rng_state, write_checkpoint
 from .config import DistillConfig, load_config
 from .errors import NonFiniteLossError, ResumeConflictError, TrainingError
 from .models import ADAPTERS, FAKE, STUDENT, TEACHER, TDMModels

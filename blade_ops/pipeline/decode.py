@@ -38,7 +38,8 @@ def _vae_memory_options(vae: torch.nn.Module, tiled: bool, sliced: bool):
 @contextmanager
 def _before_each_decoder_call(vae: torch.nn.Module, check_cancel: Callable[[], None] | None) -> Iterator[None]:
     """Run ``check_cancel`` before every call of ``vae.decoder`` inside the block (once up front for a VAE without
-    one), for the decode loops diffusers runs itself (tiles, CogVideoX frame batches, Wan frame by frame)."""
+    one): the chunks of :func:`decode_wan_chunked` and the loops diffusers runs itself (tiles, CogVideoX frame
+    batches, Wan frame by frame)."""
     decoder = getattr(vae, "decoder", None)
     if check_cancel is None:
         yield
@@ -84,14 +85,12 @@ def decode(
     vae = bundle.vae
     device = next(vae.parameters()).device
     z = unscale_latents(bundle, latents.to(device=device, dtype=torch.float32)).to(vae.dtype)
-    with _vae_memory_options(vae, tiled, sliced):
+    with _vae_memory_options(vae, tiled, sliced), _before_each_decoder_call(vae, check_cancel):
         if is_chunkable(vae) and not vae.use_tiling and chunk_frames != 1:
             parts = z.split(1) if vae.use_slicing else (z,)
-            video = torch.cat([decode_wan_chunked(vae, part, chunk_frames, check_cancel=check_cancel)
-                               for part in parts])
+            video = torch.cat([decode_wan_chunked(vae, part, chunk_frames) for part in parts])
         else:
-            with _before_each_decoder_call(vae, check_cancel):
-                video = vae.decode(z, return_dict=False)[0]  # [B, C, F, H, W] in [-1, 1]
+            video = vae.decode(z, return_dict=False)[0]  # [B, C, F, H, W] in [-1, 1]
     return _to_cpu_frames(video)
 
 

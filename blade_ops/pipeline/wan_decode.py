@@ -14,7 +14,6 @@ layout, which cuDNN serves without transposing every input and output (benchmark
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -76,20 +75,14 @@ def set_conv3d_layout(vae: torch.nn.Module, channels_last: bool) -> None:
 
 @torch.no_grad()
 def decode_wan_chunked(
-    vae: torch.nn.Module,
-    z: torch.Tensor,
-    chunk_frames: int | None = None,
-    *,
-    channels_last: bool | None = None,
-    check_cancel: Callable[[], None] | None = None,
+    vae: torch.nn.Module, z: torch.Tensor, chunk_frames: int | None = None, *, channels_last: bool | None = None
 ) -> torch.Tensor:
     """Frames [B, 3, F, H, W] in [-1, 1] from Wan latents [B, C, T, H, W] (in the VAE's scale), ``chunk_frames``
     latent frames per decoder call after the first (default: :func:`default_chunk_frames`).
 
     ``channels_last`` (default: on for CUDA tensors) switches the VAE's Conv3d weights and the latents to
     channels-last layout first; the weights stay that way. Equal to ``vae.decode(z).sample`` up to float
-    rounding; see the module docstring for why. ``check_cancel`` is called before each chunk; raising in it stops
-    the decode between chunks (the decoder's feature cache is cleared either way).
+    rounding; see the module docstring for why.
     """
     if not is_chunkable(vae):
         raise TypeError(f"decode_wan_chunked needs a diffusers AutoencoderKLWan, got {type(vae).__name__}")
@@ -110,14 +103,12 @@ def decode_wan_chunked(
     try:
         limit = torch._dynamo.config.patch(recompile_limit=DECODER_RECOMPILE_LIMIT) if compiled else nullcontext()
         with limit:
-            return _decode_chunks(vae, z, chunk_frames, check_cancel)
+            return _decode_chunks(vae, z, chunk_frames)
     finally:
         vae.clear_cache()
 
 
-def _decode_chunks(
-    vae: torch.nn.Module, z: torch.Tensor, chunk_frames: int, check_cancel: Callable[[], None] | None = None
-) -> torch.Tensor:
+def _decode_chunks(vae: torch.nn.Module, z: torch.Tensor, chunk_frames: int) -> torch.Tensor:
     """The first latent frame alone, then ``chunk_frames`` at a time, through the decoder's feature cache."""
     num_frames = z.shape[2]
     starts = [0, *range(1, num_frames, chunk_frames)]
@@ -125,8 +116,6 @@ def _decode_chunks(
     pieces = []
     for i, start in enumerate(starts):
         end = 1 if i == 0 else min(start + chunk_frames, num_frames)
-        if check_cancel is not None:
-            check_cancel()
         vae._conv_idx = [0]
         pieces.append(
             vae.decoder(x[:, :, start:end], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
