@@ -6,7 +6,9 @@
 Needs a diffusers folder of the base model (``model``) and a prompt-embedding folder made by
 ``python -m training.encode_prompts`` (``prompt_embeddings``). Writes checkpoints, TensorBoard logs, validation
 videos and the final ``pytorch_lora_weights.safetensors`` (diffusers naming, loads in the BLADE nodes) under
-``output_dir``. Re-running the same command resumes from the newest complete checkpoint.
+``output_dir``. Re-running the same command resumes from the newest complete, verified checkpoint. One run at a
+time per ``output_dir`` (``distill.lock``); SIGTERM / Ctrl-C stop after a checkpoint of the step in progress (exit
+143 / 130). Details: training/README.md, "Stopping, resuming, and what a start checks".
 """
 
 from __future__ import annotations
