@@ -2,12 +2,19 @@
 
 Each accepts a single safetensors file from the matching folder (diffusion_models, vae, text_encoders) or a
 diffusers-format folder from models/diffusers. Reading, family detection and the error messages for files of the
-wrong kind are blade_ops' job; these nodes only resolve names to paths and pick dtypes.
+wrong kind are blade_ops' job; these nodes only resolve names to paths and pick dtypes, and put blade_ops' advice
+(written for Python callers: "pass family=", "load_vae()", "config={...}") in the nodes' own terms.
+
+Cancel (ComfyUI's interrupt) is checked between the files of a load and between groups of tensors of a large file;
+a cancelled load raises and returns nothing, so no half-built model is kept or cached.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -28,6 +35,35 @@ FAMILY_TOOLTIP = "Model family. 'auto' reads it from the file's tensor names; se
 DTYPE_TOOLTIP = "Weight dtype: bf16 (what the released models use), fp16, or fp32 (twice the memory, for checks)."
 
 
+DIFFUSERS_FOLDER_ADVICE = "load it from a diffusers folder in models/diffusers (its config.json says them)"
+# blade_ops' hints that name Python arguments or functions, and what a loader node's user does instead.
+_NODE_TERMS = (
+    (re.compile(r"load it with load_transformer\(\) instead"), "load it with BLADE Model Loader instead"),
+    (re.compile(r"load it with load_vae\(\) instead"), "load it with BLADE VAE Loader instead"),
+    (re.compile(r"pass family=('\w+')"), r"set family to \1 or auto"),
+    (re.compile(r"pass family= \(([^)]*)\)"), r"set family (\1)"),
+    (re.compile(r"pass config=\{.*$", re.S), DIFFUSERS_FOLDER_ADVICE + "."),
+    (re.compile(r"needs config=\{\.\.\.\}\.$"), "needs its own settings: " + DIFFUSERS_FOLDER_ADVICE + "."),
+)
+
+
+def node_terms(message: str) -> str:
+    """A blade_ops loading message with its Python-API advice put in terms of the loader nodes' inputs."""
+    for pattern, replacement in _NODE_TERMS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+@contextmanager
+def _in_node_terms() -> Iterator[None]:
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        if len(err.args) == 1 and isinstance(err.args[0], str):
+            err.args = (node_terms(err.args[0]),)
+        raise
+
+
 def _torch_dtype(dtype: str) -> torch.dtype:
     """The torch dtype of a ``dtype`` choice; ValueError naming the valid ones."""
     if dtype not in DTYPES:
@@ -39,9 +75,11 @@ def _load(path, parts: tuple[str, ...], family: str, dtype: str):
     """A ModelBundle holding ``parts`` read from ``path``, on the CPU until a node needs it on the GPU."""
     from ..blade_ops.models import load_model_bundle
 
-    return load_model_bundle(
-        path, family=None if family == "auto" else family, parts=parts, dtype=_torch_dtype(dtype), device="cpu"
-    )
+    with _in_node_terms():
+        return load_model_bundle(
+            path, family=None if family == "auto" else family, parts=parts, dtype=_torch_dtype(dtype), device="cpu",
+            check_cancel=bridge.check_interrupted,
+        )
 
 
 def _load_text_encoder_file(path, family: str, dtype: str):
@@ -51,7 +89,9 @@ def _load_text_encoder_file(path, family: str, dtype: str):
     from ..blade_ops.models.text_encoder_file import load_text_encoder_file
 
     torch_dtype = _torch_dtype(dtype)
-    encoder, tokenizer, found = load_text_encoder_file(path, dtype=torch_dtype, device="cpu")
+    bridge.check_interrupted()
+    with _in_node_terms():
+        encoder, tokenizer, found = load_text_encoder_file(path, dtype=torch_dtype, device="cpu")
     if family != "auto" and family != found:
         kinds = {"wan": "UMT5 (e.g. umt5_xxl_fp16.safetensors)", "cogvideox": "T5 v1.1 XXL (e.g. t5xxl_fp16)"}
         raise ValueError(f"{path.name} is a {kinds[found]} encoder, which is {found}'s; {family} needs "

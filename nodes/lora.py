@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from . import comfy_bridge as bridge
+from .inputs import finite_float
 from .types import BLADE_MODEL, CATEGORY, BladeModel, LoraPatch
+
+NODE_NAME = "BLADE LoRA Loader"
+STRENGTH = {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+            "tooltip": "How strongly the LoRA modifies the model; 1.0 as distilled, 0 turns it off."}
 
 
 class BladeLoraLoader:
@@ -27,21 +32,18 @@ class BladeLoraLoader:
             "required": {
                 "model": (BLADE_MODEL, {"tooltip": "From BLADE Model Loader, BLADE ASA or another BLADE LoRA."}),
                 "lora_name": (bridge.model_choices("loras"), {"tooltip": "LoRA file in models/loras."}),
-                "strength": (
-                    "FLOAT",
-                    {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
-                     "tooltip": "How strongly the LoRA modifies the model; 1.0 as distilled, 0 turns it off."},
-                ),
+                "strength": ("FLOAT", dict(STRENGTH)),
             }
         }
 
     def patch(self, model: BladeModel, lora_name: str, strength: float = 1.0) -> tuple[BladeModel]:
         from ..blade_ops.lora import check_lora_fits, read_lora
 
+        strength = finite_float(strength, "strength", NODE_NAME, STRENGTH)
         path = bridge.resolve_model_path(lora_name, "loras")
         lora = read_lora(path)
         check_lora_fits(model.bundle.transformer, lora)
-        return (model.with_lora(LoraPatch(path=path, strength=float(strength), lora=lora)),)
+        return (model.with_lora(LoraPatch(path=path, strength=strength, lora=lora)),)
 
 
-NODES = {"BladeLoraLoader": (BladeLoraLoader, "BLADE LoRA Loader")}
+NODES = {"BladeLoraLoader": (BladeLoraLoader, NODE_NAME)}

@@ -12,6 +12,7 @@ import logging
 import torch
 
 from . import comfy_bridge as bridge
+from .inputs import finite_float
 from .patching import patched
 from .types import BLADE_EMBEDS, BLADE_MODEL, CATEGORY, BladeModel
 
@@ -22,6 +23,12 @@ MAX_SEED = 0xFFFFFFFFFFFFFFFF
 OOM_ADVICE = (
     "Lower width, height or frames, load the model with dtype bf16/fp16, or close other programs using the GPU."
 )
+
+
+NODE_NAME = "BLADE Sampler"
+GUIDANCE = {"default": 1.0, "min": 0.0, "max": 50.0, "step": 0.1, "round": 0.01,
+            "tooltip": "CFG scale; 1.0 = off (BLADE). Above 1 uses the negative prompt and costs a second pass "
+            "per step."}
 
 
 def size_from_latent(latent: dict, family) -> tuple[int, int, int, int]:
@@ -85,9 +92,7 @@ class BladeSampler:
                                  "tooltip": "Noise seed; the same seed gives the same video on any device."}),
                 "steps": ("INT", {"default": 8, "min": 1, "max": 1000, "step": 1,
                                   "tooltip": "Sampling steps: 8 for BLADE, 50 for the baseline."}),
-                "guidance": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 50.0, "step": 0.1, "round": 0.01,
-                                       "tooltip": "CFG scale; 1.0 = off (BLADE). Above 1 uses the negative prompt "
-                                       "and costs a second pass per step."}),
+                "guidance": ("FLOAT", dict(GUIDANCE)),
                 "scheduler": (SCHEDULERS, {"default": "blade",
                                            "tooltip": "blade: the 8-step schedule of BLADE LoRAs; tdm: stochastic "
                                            "TDM sampler; baseline: the family's stock 50-step solver."}),
@@ -124,6 +129,7 @@ class BladeSampler:
         from ..blade_ops.models import on_device
         from ..blade_ops.pipeline import Guidance, latent_grid, sample_latents
 
+        guidance = finite_float(guidance, "guidance", NODE_NAME, GUIDANCE)
         family = model.family
         model.bundle.require("transformer")
         batch = embeds.cond.shape[0]
@@ -162,4 +168,4 @@ class BladeSampler:
         return (out,)
 
 
-NODES = {"BladeSampler": (BladeSampler, "BLADE Sampler")}
+NODES = {"BladeSampler": (BladeSampler, NODE_NAME)}

@@ -7,9 +7,13 @@ import logging
 import torch
 
 from . import comfy_bridge as bridge
+from .inputs import finite_float
 from .types import BLADE_VAE, CATEGORY
 
 log = logging.getLogger(__name__)
+
+SAVE_VIDEO = "BLADE Save Video"
+FPS = {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0, "tooltip": "Frames per second: Wan 16, CogVideoX 8."}
 
 
 def model_latents(latent: dict, vae) -> torch.Tensor:
@@ -106,7 +110,8 @@ class BladeVAEDecode:
         advice = "Turn on 'tiled' in BLADE VAE Decode, or load the VAE with dtype bf16/fp16."
         device = bridge.torch_device()
         with bridge.oom_advice("decoding the video", advice), on_device(vae.vae, device, offload="model"):
-            frames = decode(vae, latents, tiled=bool(tiled))  # [B, F, H, W, C]
+            # Cancel stops between decoder calls (chunks of frames, tiles), not only before the decode.
+            frames = decode(vae, latents, tiled=bool(tiled), check_cancel=bridge.check_interrupted)  # [B, F, H, W, C]
         return (frames.reshape(-1, *frames.shape[2:]).float().cpu(),)
 
 
@@ -131,8 +136,7 @@ class BladeSaveVideo:
                 "filename_prefix": ("STRING", {"default": "BLADE/video",
                                                "tooltip": "File name prefix; may contain a subfolder and ComfyUI's "
                                                "%date:yyyy-MM-dd% tokens."}),
-                "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0,
-                                  "tooltip": "Frames per second: Wan 16, CogVideoX 8."}),
+                "fps": ("FLOAT", dict(FPS)),
                 "crf": ("INT", {"default": 19, "min": 0, "max": 51, "step": 1,
                                 "tooltip": "H.264 quality: lower is better and bigger (18-23 is typical)."}),
             },
@@ -150,6 +154,7 @@ class BladeSaveVideo:
     ) -> dict:
         from ..blade_ops.video_io import write_mp4
 
+        fps = finite_float(fps, "fps", SAVE_VIDEO, FPS)
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
             raise ValueError("images must be an IMAGE batch [frames, height, width, channels].")
         height, width = int(images.shape[1]), int(images.shape[2])
@@ -159,7 +164,7 @@ class BladeSaveVideo:
             tags = dict(extra_pnginfo or {})  # "workflow" (the UI graph) and any other extra info
             if prompt is not None:
                 tags["prompt"] = prompt
-        write_mp4(images[..., :3], path, fps=float(fps), crf=int(crf), tags=tags or None)
+        write_mp4(images[..., :3], path, fps=fps, crf=int(crf), tags=tags or None)
         log.info("BLADE: saved %d frames to %s", images.shape[0], path)
         result = {"filename": filename, "subfolder": subfolder, "type": "output"}
         return {"ui": {"images": [result], "animated": (True,)}}
@@ -167,5 +172,5 @@ class BladeSaveVideo:
 
 NODES = {
     "BladeVAEDecode": (BladeVAEDecode, "BLADE VAE Decode"),
-    "BladeSaveVideo": (BladeSaveVideo, "BLADE Save Video"),
+    "BladeSaveVideo": (BladeSaveVideo, SAVE_VIDEO),
 }

@@ -73,7 +73,7 @@ class DistillConfig:
     # --- bookkeeping -------------------------------------------------------------------------------------------
     checkpointing_steps: int = 15
     checkpoints_total_limit: int = 3  # older checkpoints are deleted once a newer one is complete
-    resume: str = "latest"  # "latest", a checkpoint folder, or "" to start fresh
+    resume: str = "latest"  # "latest", a checkpoint folder, or "" for a new run (refused where one already is)
     validation_prompts: tuple[str, ...] = ()  # empty: the first prompts of the embedding folder
     num_validation_prompts: int = 2
     validation_steps: int = -1  # <0: at every checkpoint; 0: never

@@ -6,12 +6,15 @@
 Needs a diffusers folder of the base model (``model``) and a prompt-embedding folder made by
 ``python -m training.encode_prompts`` (``prompt_embeddings``). Writes checkpoints, TensorBoard logs, validation
 videos and the final ``pytorch_lora_weights.safetensors`` (diffusers naming, loads in the BLADE nodes) under
-``output_dir``. Re-running the same command resumes from the newest complete checkpoint.
+``output_dir``. Re-running the same command resumes from the newest complete, verified checkpoint. One run at a
+time per ``output_dir`` (``distill.lock``); SIGTERM / Ctrl-C stop after a checkpoint of the step in progress (exit
+143 / 130). Details: training/README.md, "Stopping, resuming, and what a start checks".
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -27,10 +30,13 @@ from blade_ops.pipeline.latents import latent_grid, latent_shape
 from blade_ops.sampling import make_sampler
 
 from . import tdm
-from .checkpoint import TrainState, read_checkpoint, resolve_resume, restore_rng, rng_state, write_checkpoint
+from .checkpoint import TrainState, load_latest, read_checkpoint, restore_rng, rng_state, write_checkpoint
 from .config import DistillConfig, load_config
+from .errors import NonFiniteLossError, ResumeConflictError, TrainingError
 from .models import ADAPTERS, FAKE, STUDENT, TEACHER, TDMModels
 from .prompts import PromptEmbeddings
+from .run_dir import EXPORT_NAME, RunLock, check_fresh_start, clean_leftovers, set_aside_newer
+from .stop import GracefulStop, StopRequested, TrainingStopped, exit_code, signal_name
 
 logger = logging.getLogger("training.distill")
 
@@ -259,6 +265,18 @@ class Distiller:
         if acc.num_processes > 1:  # log the mean over processes (the global batch), as a single-process run would
             both = acc.reduce(torch.tensor([loss_fake_total, loss_student_total], device=self.device), "mean")
             loss_fake_total, loss_student_total = (float(v) for v in both.tolist())
+        values = {"loss_fake": loss_fake_total, "loss_student": loss_student_total, "grad_norm_fake": grad_fake,
+                  "grad_norm_student": grad_student}
+        if not all(math.isfinite(v) for v in values.values()):
+            step = self.step + 1
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+            raise NonFiniteLossError(
+                step,
+                f"Step {step} of {cfg.max_train_steps} produced non-finite values ({shown}); training stopped and "
+                "that step is not saved (the checkpoints on disk are unchanged). Lower learning_rate / "
+                "learning_rate_fake or check the prompt embeddings, then run again: it resumes from the last "
+                "checkpoint.",
+            )
         self.step += 1
         density = None
         handle = self.models.asa_handle
@@ -298,15 +316,34 @@ class Distiller:
         )
 
     def load_checkpoint(self, path: str | Path) -> None:
-        state, rng = read_checkpoint(path, self.accelerator.process_index)
+        """Continue from the checkpoint folder ``path``; CheckpointError (naming the file) when it is damaged."""
+        state, rng = read_checkpoint(path, self.accelerator.process_index, require=ADAPTERS)
+        self.apply_checkpoint(path, state, rng)
+
+    def resume(self, resume: str) -> Path | None:
+        """Continue as ``resume`` says: '' -> nothing, 'latest' -> the newest complete, valid checkpoint of the
+        output folder (skipping damaged ones, with a log line each), else that checkpoint folder. Returns it."""
+        if not resume:
+            return None
+        if resume != "latest":
+            self.load_checkpoint(resume)
+            return Path(resume)
+        loaded = load_latest(self.config.output_dir, self.accelerator.process_index, require=ADAPTERS)
+        if loaded is None:
+            return None
+        self.apply_checkpoint(loaded.path, loaded.state, loaded.rng)
+        return loaded.path
+
+    def apply_checkpoint(self, path: str | Path, state: TrainState, rng: dict[str, Any] | None) -> None:
+        """Load a checkpoint read by :func:`~training.checkpoint.read_checkpoint` into the models and optimizers."""
         _check_resume_config(path, state.extra.get("config"), self.config)
+        for adapter in ADAPTERS:
+            if set(state.loras[adapter]) != set(self.lora_tensors(adapter)):
+                raise ResumeConflictError(f"Checkpoint {str(path)!r} does not fit this model's {adapter} LoRA.")
         params = dict(self.models.transformer.named_parameters())
         with torch.no_grad():
             for adapter in ADAPTERS:
-                saved = state.loras[adapter]
-                if set(saved) != set(self.lora_tensors(adapter)):
-                    raise ValueError(f"Checkpoint {str(path)!r} does not fit this model's {adapter} LoRA.")
-                for name, value in saved.items():
+                for name, value in state.loras[adapter].items():
                     params[name].copy_(value)
         for adapter in ADAPTERS:
             self.optimizers[adapter].load_state_dict(state.optimizers[adapter])
@@ -356,9 +393,9 @@ def _check_resume_config(path: str | Path, saved: dict[str, Any] | None, config:
     changed = [f"{k}: {saved[k]!r} -> {current[k]!r}" for k in RESUME_FIXED
                if k in saved and saved[k] != current[k]]
     if changed:
-        raise ValueError(
+        raise ResumeConflictError(
             f"Checkpoint {str(path)!r} was trained with other settings ({'; '.join(changed)}); resuming would "
-            "ignore or misread them. Set them back, or start a new run (resume='' or another output_dir)."
+            "ignore or misread them. Set them back, or start a new run in another output_dir."
         )
 
 
@@ -398,11 +435,18 @@ class _nullcontext:
 
 
 def train(
-    distiller: Distiller, max_steps: int | None = None, *, tracker: bool = False, time_budget: float = float("inf")
+    distiller: Distiller,
+    max_steps: int | None = None,
+    *,
+    tracker: bool = False,
+    time_budget: float = float("inf"),
+    stop: GracefulStop | None = None,
 ) -> list[StepLog]:
     """Run from ``distiller.step`` to ``max_steps`` (default: the config's), with checkpoints and validation.
 
-    Stops early (after a checkpoint) once ``time_budget`` seconds have passed.
+    Stops early (after a checkpoint) once ``time_budget`` seconds have passed. With ``stop`` (installed signal
+    handlers), a SIGTERM/SIGINT ends the run at the next step boundary: a checkpoint of that step is written (unless
+    it was just written) and :class:`~training.stop.TrainingStopped` is raised.
     """
     cfg, acc = distiller.config, distiller.accelerator
     max_steps = cfg.max_train_steps if max_steps is None else max_steps
@@ -411,33 +455,42 @@ def train(
     bar = tqdm(total=max_steps, initial=distiller.step, desc="distill", disable=not acc.is_local_main_process)
     logs: list[StepLog] = []
     start = time.perf_counter()
-    while distiller.step < max_steps:
-        log = distiller.train_step()
-        logs.append(log)
-        bar.update(1)
-        bar.set_postfix(fake=f"{log.loss_fake:.4f}", student=f"{log.loss_student:.4f}")
-        if tracker and log.step % cfg.log_every == 0:
-            values = {"loss/fake": log.loss_fake, "loss/student": log.loss_student, "lr": log.lr,
-                      "grad_norm/fake": log.grad_norm_fake, "grad_norm/student": log.grad_norm_student,
-                      "time/step_s": log.seconds}
-            if log.density is not None:
-                values["asa/density"] = log.density
-            acc.log(values, step=log.step)
-        out_of_time = time.perf_counter() - start > time_budget
-        if log.step % cfg.checkpointing_steps == 0 or log.step == max_steps or out_of_time:
-            distiller.save_checkpoint()
-            every = cfg.validation_steps
-            if acc.is_main_process and (every < 0 or (every > 0 and log.step % every == 0)):
-                with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
-                    distiller.validate()
-        if out_of_time:
-            logger.info("Time budget of %.0f s reached at step %d", time_budget, log.step)
-            break
+    saved_step, last_checkpoint = distiller.step, None
+    with stop.deferring() if stop is not None else contextlib.nullcontext():
+        while distiller.step < max_steps:
+            if stop is not None and (signum := stop.agreed(acc)) is not None:
+                if distiller.step != saved_step:
+                    last_checkpoint = distiller.save_checkpoint()
+                bar.close()
+                raise TrainingStopped(signum, distiller.step, last_checkpoint)
+            log = distiller.train_step()
+            logs.append(log)
+            bar.update(1)
+            bar.set_postfix(fake=f"{log.loss_fake:.4f}", student=f"{log.loss_student:.4f}")
+            if tracker and log.step % cfg.log_every == 0:
+                values = {"loss/fake": log.loss_fake, "loss/student": log.loss_student, "lr": log.lr,
+                          "grad_norm/fake": log.grad_norm_fake, "grad_norm/student": log.grad_norm_student,
+                          "time/step_s": log.seconds}
+                if log.density is not None:
+                    values["asa/density"] = log.density
+                acc.log(values, step=log.step)
+            out_of_time = time.perf_counter() - start > time_budget
+            if log.step % cfg.checkpointing_steps == 0 or log.step == max_steps or out_of_time:
+                last_checkpoint, saved_step = distiller.save_checkpoint(), log.step
+                every = cfg.validation_steps
+                if acc.is_main_process and (every < 0 or (every > 0 and log.step % every == 0)):
+                    with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
+                        distiller.validate()
+            if out_of_time:
+                logger.info("Time budget of %.0f s reached at step %d", time_budget, log.step)
+                break
     bar.close()
     return logs
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status: 0 done, 1 an error to fix (logged, no traceback), 128 + signal
+    number when stopped by SIGINT (130) or SIGTERM (143) after saving a checkpoint."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML or JSON file with DistillConfig fields")
     args, rest = parser.parse_known_args(argv)
@@ -449,6 +502,27 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("Set `model` (a diffusers folder of the base model) in the config or with --model.")
     if not config.prompt_embeddings:
         raise SystemExit("Set `prompt_embeddings` (a folder from `python -m training.encode_prompts`).")
+    stop = GracefulStop().install()
+    try:
+        return _run(config, stop)
+    except TrainingStopped as err:
+        logger.warning("Stopped by %s at step %d (%s). Run the same command again to resume.",
+                       signal_name(err.signum), err.step,
+                       f"checkpoint {err.checkpoint}" if err.checkpoint is not None else "nothing new to save")
+        return exit_code(err.signum)
+    except StopRequested as err:
+        logger.warning("Stopped by %s at once (outside a training step, or a second signal); the checkpoints on "
+                       "disk are complete, a write in progress was discarded. Run the same command again to resume.",
+                       signal_name(err.signum))
+        return exit_code(err.signum)
+    except TrainingError as err:
+        logger.error("%s", err)
+        return 1
+    finally:
+        stop.restore()
+
+
+def _run(config: DistillConfig, stop: GracefulStop) -> int:
     embeddings = PromptEmbeddings.open(config.prompt_embeddings)
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -463,32 +537,48 @@ def main(argv: list[str] | None = None) -> int:
         project_dir=config.output_dir,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    if not has_tb:
-        logger.warning("tensorboard is not installed (pip install tensorboard): losses go to the log only.")
-    dtype = torch.bfloat16 if config.mixed_precision == "bf16" and accelerator.device.type == "cuda" else torch.float32
-    if (Path(config.model) / "toy_spec.json").is_file():  # the shipped toy model (training/toy): its own VAE class
-        from .toy.model import load_toy_bundle
+    out = Path(config.output_dir)
+    lock = RunLock(out) if accelerator.is_main_process else None
+    try:
+        if lock is not None:  # one run per output folder; then the leftovers of one that was killed mid-write
+            lock.acquire()
+            clean_leftovers(out)
+        accelerator.wait_for_everyone()
+        if not config.resume:
+            check_fresh_start(out)
+        if not has_tb:
+            logger.warning("tensorboard is not installed (pip install tensorboard): losses go to the log only.")
+        bf16 = config.mixed_precision == "bf16" and accelerator.device.type == "cuda"
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        if (Path(config.model) / "toy_spec.json").is_file():  # the shipped toy model (training/toy): its own VAE
+            from .toy.model import load_toy_bundle
 
-        bundle, _ = load_toy_bundle(config.model, dtype=dtype)
-    else:
-        bundle = load_parts(config.model, ("transformer", "vae"), family=config.family or embeddings.family,
-                            dtype=dtype)
-    distiller = Distiller(config, bundle, embeddings, accelerator)
-    resume = resolve_resume(config.output_dir, config.resume)
-    if resume is not None:
-        distiller.load_checkpoint(resume)
-    if has_tb:
-        accelerator.init_trackers("distill", config=_flat_hparams(config.to_dict()))
-    logs = train(distiller, tracker=has_tb)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        path = distiller.export_lora(Path(config.output_dir) / "pytorch_lora_weights.safetensors")
-        logger.info("Exported the student LoRA to %s", path)
-    if logs:
-        logger.info("Last step %d: loss_fake %.5f loss_student %.5f", logs[-1].step, logs[-1].loss_fake,
-                    logs[-1].loss_student)
-    accelerator.end_training()
-    return 0
+            bundle, _ = load_toy_bundle(config.model, dtype=dtype)
+        else:
+            bundle = load_parts(config.model, ("transformer", "vae"), family=config.family or embeddings.family,
+                                dtype=dtype)
+        distiller = Distiller(config, bundle, embeddings, accelerator)
+        resumed = distiller.resume(config.resume)
+        if resumed is not None:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                set_aside_newer(out, distiller.step)
+            accelerator.wait_for_everyone()
+        if has_tb:
+            accelerator.init_trackers("distill", config=_flat_hparams(config.to_dict()))
+        logs = train(distiller, tracker=has_tb, stop=stop)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            path = distiller.export_lora(out / EXPORT_NAME)
+            logger.info("Exported the student LoRA to %s", path)
+        if logs:
+            logger.info("Last step %d: loss_fake %.5f loss_student %.5f", logs[-1].step, logs[-1].loss_fake,
+                        logs[-1].loss_student)
+        accelerator.end_training()
+        return 0
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _has_tensorboard() -> bool:

@@ -10,12 +10,17 @@ recognised from its header alone, converted to diffusers keys on meta tensors to
 check every key and shape, and only then read. The model is built without allocating weights
 (``init_empty_weights``) and takes the file's tensors directly (``load_state_dict(assign=True)``), so a 14B
 checkpoint is held in memory once.
+
+Cancel: the loaders take ``check_cancel``, a function called before each part's file or folder is read and between
+groups of tensors of a single file (about :data:`READ_GROUP_BYTES` each); raising in it (e.g. ComfyUI's interrupt)
+stops the load, and nothing read so far is kept or cached.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +63,10 @@ PACK_MODEL_CLASSES = {"PixelVAE": ("wan", "vae", "blade_ops.models.pixel_vae")}
 
 PathLike = str | Path
 ConfigLike = dict | str | Path | None
+CancelCheck = Callable[[], None] | None
+
+#: Bytes of a single file read between two ``check_cancel`` calls.
+READ_GROUP_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -181,11 +190,19 @@ def _part_folder(path: Path, part: str) -> tuple[Path, str]:
     raise ValueError(f"{path} is a {family} {kind} folder, not a {part} folder or a pipeline folder.")
 
 
-def _load_folder_part(path: Path, part: str, family: str | None, dtype, device) -> LoadedPart:
+def _check(check_cancel: CancelCheck) -> None:
+    if check_cancel is not None:
+        check_cancel()
+
+
+def _load_folder_part(
+    path: Path, part: str, family: str | None, dtype, device, check_cancel: CancelCheck = None
+) -> LoadedPart:
     folder, found = _part_folder(path, part)
     if family is not None and found != family:
         raise ValueError(f"{folder} holds a {found} {part}, not a {family} one.")
     _check_folder_weights(folder)
+    _check(check_cancel)
     class_name = _read_json(folder / "config.json").get("_class_name")
     cls = _model_class(found, part, class_name)
     module = cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True).eval()
@@ -343,8 +360,37 @@ def _keep_fp32(cls, name: str) -> bool:
     return any(m in name.split(".") for m in keep)
 
 
+def _read_tensors(path: Path, keys: list[str], check_cancel: CancelCheck) -> dict[str, torch.Tensor]:
+    """``keys`` of a safetensors file, read in groups of about READ_GROUP_BYTES with ``check_cancel`` before each."""
+    if check_cancel is None:
+        return load_tensors(path, keys)
+    header = read_header(path)
+    groups: list[list[str]] = [[]]
+    size = 0
+    for key in keys:
+        start, end = header[key]["data_offsets"]
+        if groups[-1] and size + (end - start) > READ_GROUP_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(key)
+        size += end - start
+    tensors: dict[str, torch.Tensor] = {}
+    for group in groups:
+        check_cancel()
+        tensors.update(load_tensors(path, group))
+    return tensors
+
+
 def _load_file_part(
-    path: Path, part: str, family: str | None, config: ConfigLike, variant: str | None, dtype, device, strict: bool
+    path: Path,
+    part: str,
+    family: str | None,
+    config: ConfigLike,
+    variant: str | None,
+    dtype,
+    device,
+    strict: bool,
+    check_cancel: CancelCheck = None,
 ) -> LoadedPart:
     shapes_all = read_shapes(path)
     found = _find_part(path, shapes_all, part, family)
@@ -357,7 +403,7 @@ def _load_file_part(
     origin = f"shipped {name}" if name else "inferred"
     model = _build(cls, cfg, path, origin)
     _check_fit(path, found, model, shapes, origin + (" (with overrides)" if config else ""))
-    tensors = _to_diffusers(found, {k[strip:]: v for k, v in load_tensors(path, file_keys).items()})
+    tensors = _to_diffusers(found, {k[strip:]: v for k, v in _read_tensors(path, file_keys, check_cancel).items()})
     # Match diffusers' from_pretrained: modules it keeps in fp32 (Wan's norms, time embedding) stay fp32. Always
     # copy: safetensors hands out views of the memory-mapped file at unaligned offsets, which keeps the file mapped
     # and makes CPU kernels take slower paths with (slightly) different rounding.
@@ -373,15 +419,19 @@ def _load_file_part(
     return LoadedPart(place(model, device), found.family, name, str(path))
 
 
-def _load_part(path: PathLike, part: str, family, config, variant, dtype, device, strict: bool = True) -> LoadedPart:
+def _load_part(
+    path: PathLike, part: str, family, config, variant, dtype, device, strict: bool = True,
+    check_cancel: CancelCheck = None,
+) -> LoadedPart:
     path = Path(path).expanduser()
     family = _family_name(family)
     dtype = resolve_dtype(dtype)
+    _check(check_cancel)
     if path.is_dir():
         if config is not None:
             raise ValueError(f"config= applies to single files; {path} is a folder with its own config.json.")
-        return _load_folder_part(path, part, family, dtype, device)
-    return _load_file_part(path, part, family, config, variant, dtype, device, strict)
+        return _load_folder_part(path, part, family, dtype, device, check_cancel)
+    return _load_file_part(path, part, family, config, variant, dtype, device, strict, check_cancel)
 
 
 # ------------------------------------------------------------------------------------------------ public
@@ -452,11 +502,16 @@ def load_vae(
 
 
 def load_text_encoder(
-    path: PathLike, *, dtype: torch.dtype | str = torch.bfloat16, device: str | torch.device = "cpu"
+    path: PathLike,
+    *,
+    dtype: torch.dtype | str = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    check_cancel: CancelCheck = None,
 ) -> tuple[torch.nn.Module, object]:
     """(encoder, tokenizer) from a pipeline folder, or a text_encoder folder with tokenizer files in it or beside it.
 
-    UMT5 for Wan, T5 v1.1 for CogVideoX; only safetensors weights are read.
+    UMT5 for Wan, T5 v1.1 for CogVideoX; only safetensors weights are read. ``check_cancel`` runs before the
+    encoder's weights and before the tokenizer files are read (see the module docstring).
     """
     from transformers import AutoTokenizer, T5EncoderModel, UMT5EncoderModel
 
@@ -472,6 +527,7 @@ def load_text_encoder(
     if arch not in TEXT_ENCODER_CLASSES:
         raise ValueError(f"{folder} holds a {arch!r}; expected one of {', '.join(TEXT_ENCODER_CLASSES)}.")
     _check_folder_weights(folder)
+    _check(check_cancel)
     cls = UMT5EncoderModel if arch == "UMT5EncoderModel" else T5EncoderModel
     encoder = cls.from_pretrained(folder, dtype=resolve_dtype(dtype), use_safetensors=True, local_files_only=True)
     tok_dirs = [d for d in (folder.parent / "tokenizer", folder) if (d / "tokenizer_config.json").is_file()]
@@ -479,6 +535,7 @@ def load_text_encoder(
         raise FileNotFoundError(
             f"No tokenizer next to {folder}: expected {folder.parent / 'tokenizer'} or tokenizer files in {folder}."
         )
+    _check(check_cancel)
     tokenizer = AutoTokenizer.from_pretrained(tok_dirs[0], local_files_only=True)
     return place(encoder.eval(), device), tokenizer
 
@@ -494,6 +551,7 @@ def load_model_bundle(
     dtype: torch.dtype | str = torch.bfloat16,
     device: str | torch.device = "cpu",
     offload: str = "none",
+    check_cancel: CancelCheck = None,
 ) -> ModelBundle:
     """Load the requested ``parts`` of one model into a :class:`ModelBundle`.
 
@@ -501,7 +559,8 @@ def load_model_bundle(
     the VAE). ``vae_path`` / ``text_encoder_path`` supply parts from elsewhere (a VAE file, a text encoder
     folder). With ``offload="model"`` parts stay on the CPU and go to ``device`` only while they work
     (``bundle.using(part)``); with "none" they are placed on ``device`` now. ``config`` applies to a single-file
-    transformer. The scheduler config is read whenever the folder has one.
+    transformer. The scheduler config is read whenever the folder has one. ``check_cancel`` runs between files
+    (see the module docstring).
     """
     check_offload(offload)
     unknown = [p for p in parts if p not in ALL_PARTS]
@@ -526,7 +585,7 @@ def load_model_bundle(
         family = family or detect_family(path)
 
     if "transformer" in parts:
-        got = _load_part(path, "transformer", family, config, None, dtype, home)
+        got = _load_part(path, "transformer", family, config, None, dtype, home, check_cancel=check_cancel)
         transformer, variant, sources["transformer"] = got.module, got.variant, got.source
         family = got.family
     if "vae" in parts:
@@ -534,9 +593,10 @@ def load_model_bundle(
         vae_variant = variant if variant is not None and VARIANTS[variant].family == family else None
         try:
             # The transformer's variant picks the VAE config (CogVideoX 2B/5B latent scaling) when it fits.
-            got = _load_part(vae_src, "vae", family, None, vae_variant, dtype, home, strict=False)
+            got = _load_part(vae_src, "vae", family, None, vae_variant, dtype, home, strict=False,
+                             check_cancel=check_cancel)
         except ValueError as err:
-            if vae_path is None and path.is_file():
+            if vae_path is None and path.is_file() and "transformer" in parts:  # the VAE was looked for in its file
                 raise ValueError(f"{err} Pass vae_path= with the VAE's file or folder.") from None
             raise
         vae, sources["vae"] = got.module, got.source
@@ -546,9 +606,10 @@ def load_model_bundle(
         if text_encoder_path is not None and te_src.is_file():  # a ComfyUI text_encoders file
             from .text_encoder_file import load_text_encoder_file
 
+            _check(check_cancel)
             enc, tok, _ = load_text_encoder_file(te_src, dtype=dtype, device=home)
         elif te_src.is_dir():
-            enc, tok = load_text_encoder(te_src, dtype=dtype, device=home)
+            enc, tok = load_text_encoder(te_src, dtype=dtype, device=home, check_cancel=check_cancel)
         else:
             raise ValueError(
                 f"{te_src} holds no text encoder: pass text_encoder_path= with a diffusers folder (or its "

@@ -1,9 +1,14 @@
 """Latents -> frames through the family's VAE, with optional tiling (less memory at high resolution) and slicing
 (one video of a batch at a time). The Wan VAE decodes several latent frames per call when not tiled
-(:mod:`.wan_decode`)."""
+(:mod:`.wan_decode`).
+
+Cancel: ``check_cancel`` is called before every decoder call (a chunk of latent frames, a tile, a frame batch of
+CogVideoX); raising in it stops the decode there. The VAE's settings and caches are restored either way.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -30,6 +35,26 @@ def _vae_memory_options(vae: torch.nn.Module, tiled: bool, sliced: bool):
             vae.use_slicing = before[1]
 
 
+@contextmanager
+def _before_each_decoder_call(vae: torch.nn.Module, check_cancel: Callable[[], None] | None) -> Iterator[None]:
+    """Run ``check_cancel`` before every call of ``vae.decoder`` inside the block (once up front for a VAE without
+    one): the chunks of :func:`decode_wan_chunked` and the loops diffusers runs itself (tiles, CogVideoX frame
+    batches, Wan frame by frame)."""
+    decoder = getattr(vae, "decoder", None)
+    if check_cancel is None:
+        yield
+        return
+    if not isinstance(decoder, torch.nn.Module):
+        check_cancel()
+        yield
+        return
+    handle = decoder.register_forward_pre_hook(lambda module, args: check_cancel())
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def unscale_latents(bundle: ModelBundle, latents: torch.Tensor) -> torch.Tensor:
     """Undo the latent normalisation the transformer works in; returns [B, C, T, H, W] for the bundle's VAE.
 
@@ -48,17 +73,19 @@ def decode(
     tiled: bool = False,
     sliced: bool = False,
     chunk_frames: int | None = None,
+    check_cancel: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Frames [B, F, H, W, C] float32 in [0, 1] on the CPU from final latents in the family's layout.
 
     ``chunk_frames``: latent frames per decoder call for an untiled Wan VAE (None: sized to the resolution, 1: the
-    diffusers frame-by-frame loop). Other VAEs ignore it.
+    diffusers frame-by-frame loop). Other VAEs ignore it. ``check_cancel``: called before each decoder call; raise in
+    it to stop (see the module docstring).
     """
     bundle.require("vae")
     vae = bundle.vae
     device = next(vae.parameters()).device
     z = unscale_latents(bundle, latents.to(device=device, dtype=torch.float32)).to(vae.dtype)
-    with _vae_memory_options(vae, tiled, sliced):
+    with _vae_memory_options(vae, tiled, sliced), _before_each_decoder_call(vae, check_cancel):
         if is_chunkable(vae) and not vae.use_tiling and chunk_frames != 1:
             parts = z.split(1) if vae.use_slicing else (z,)
             video = torch.cat([decode_wan_chunked(vae, part, chunk_frames) for part in parts])

@@ -46,15 +46,15 @@ def test_interrupted_write_keeps_previous_checkpoint(embeddings_folder, tmp_path
     expected = d.lora_tensors(STUDENT)
 
     calls = {"n": 0}
-    real_save = checkpoint.save_file
+    real_write = checkpoint.write_durably
 
-    def failing_save(tensors, path, *args, **kwargs):
-        calls["n"] += 1
+    def failing_write(path, data):
+        calls["n"] += path.name.startswith("lora_")
         if calls["n"] == 2:  # the second LoRA file of checkpoint-2: mid-write
             raise OSError("disk full (simulated)")
-        return real_save(tensors, path, *args, **kwargs)
+        return real_write(path, data)
 
-    monkeypatch.setattr(checkpoint, "save_file", failing_save)
+    monkeypatch.setattr(checkpoint, "write_durably", failing_write)
     with pytest.raises(OSError, match="simulated"):
         train(d, 2)
     monkeypatch.undo()
