@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from ..finite import check_finite
+
 logger = logging.getLogger(__name__)
 
 SOURCE_FORMATS = ("diffusers", "kohya", "original_wan")
@@ -273,6 +275,16 @@ def normalise_lora_state_dict(
     return state, alphas, source
 
 
+def _check_alphas(alphas: dict[str, float], name: str) -> None:
+    """Alphas from metadata (kohya ``ss_network_alpha``, diffusers' ``lora_alpha``) must be finite numbers too."""
+    bad = [m for m, a in alphas.items() if not math.isfinite(a)]
+    if bad:
+        raise ValueError(
+            f"{name} is damaged: {len(bad)} of {len(alphas)} modules have a non-finite alpha in its metadata (e.g. "
+            f"{', '.join(f'{m}={alphas[m]}' for m in bad[:3])}); re-download or re-export the LoRA."
+        )
+
+
 def _check_pairs(state: dict[str, torch.Tensor], name: str) -> None:
     if not any(k.endswith(_SUFFIX_A) for k in state):
         sample = ", ".join(list(state)[:3])
@@ -388,9 +400,13 @@ def lora_from_state_dict(
 ) -> LoRAFile:
     """Same as :func:`read_lora` for a state dict already in memory."""
     metadata = dict(metadata or {})
-    state, alphas, source = normalise_lora_state_dict(raw, metadata)
     name = f"LoRA file {Path(path).name!r}" if path is not None else "LoRA state dict"
+    # One min/max pass over tensors already in memory (a LoRA is a few MB to a few hundred MB), before any naming
+    # conversion folds a NaN ``.alpha`` into the factors; see blade_ops/finite.py.
+    check_finite(raw, name)
+    state, alphas, source = normalise_lora_state_dict(raw, metadata)
     _check_pairs(state, name)
+    _check_alphas(alphas, name)
     info = _info(Path(path) if path else None, state, alphas, source, tuple(raw), metadata, _file_alpha(raw))
     return LoRAFile(state_dict=state, alphas=alphas, info=info, raw_keys=tuple(raw))
 

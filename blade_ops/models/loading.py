@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..families import FAMILIES, get_family
+from ..finite import check_finite_module
 from . import keymaps
 from .bundle import ModelBundle
 from .detect import Sniff, describe_foreign, sniff
@@ -189,6 +190,7 @@ def _load_folder_part(path: Path, part: str, family: str | None, dtype, device) 
     class_name = _read_json(folder / "config.json").get("_class_name")
     cls = _model_class(found, part, class_name)
     module = cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True).eval()
+    check_finite_module(module, f"The {part} folder {folder}")  # one min/max pass, see blade_ops/finite.py
     if class_name in PACK_MODEL_CLASSES:
         variant = None  # not a released model: no shipped variant to match
     else:
@@ -474,6 +476,7 @@ def load_text_encoder(
     _check_folder_weights(folder)
     cls = UMT5EncoderModel if arch == "UMT5EncoderModel" else T5EncoderModel
     encoder = cls.from_pretrained(folder, dtype=resolve_dtype(dtype), use_safetensors=True, local_files_only=True)
+    check_finite_module(encoder, f"The text_encoder folder {folder}")
     tok_dirs = [d for d in (folder.parent / "tokenizer", folder) if (d / "tokenizer_config.json").is_file()]
     if not tok_dirs:
         raise FileNotFoundError(

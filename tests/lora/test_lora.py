@@ -9,15 +9,17 @@ import re
 import pytest
 import torch
 from lora_helpers import (
+    EXPECTED_SOURCE,
+    FORMATS,
     base_weights,
     effective_weight,
     model_inputs,
     random_lora,
     run,
     target_modules,
+    write,
     write_diffusers,
     write_kohya,
-    write_original_wan,
 )
 from safetensors.torch import save_file
 
@@ -36,24 +38,6 @@ from blade_ops.lora import (
     unmerge_loras,
 )
 from blade_ops.models.tiny import tiny_transformer
-
-FORMATS = {
-    "wan": ["diffusers", "kohya", "kohya_flat", "original_wan", "original_wan_prefixed"],
-    "cogvideox": ["diffusers", "kohya"],
-}
-EXPECTED_SOURCE = {"diffusers": "diffusers", "kohya": "kohya", "kohya_flat": "kohya", "original_wan": "original_wan",
-                   "original_wan_prefixed": "original_wan"}
-
-
-def write(kind: str, path, lora, family: str):
-    path = path / f"{kind}.safetensors"
-    if kind == "diffusers":
-        return write_diffusers(path, lora)
-    if kind == "kohya":
-        return write_kohya(path, lora, family)
-    if kind == "kohya_flat":
-        return write_kohya(path, lora, family, flat=True)
-    return write_original_wan(path, lora, prefixed=kind.endswith("prefixed"))
 
 
 @pytest.fixture
@@ -352,3 +336,4 @@ def test_student_targets_cover_every_attention_projection(family):
     assert len(wrapped) == per_block * model.config.num_layers  # 1.3B: 8 x 30 = 240; CogVideoX-5B: 4 x 42 = 168
     with pytest.raises(ValueError, match="valid families"):
         lora_target_modules("flux")
+
