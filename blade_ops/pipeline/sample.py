@@ -14,6 +14,7 @@ from ..models.bundle import ModelBundle
 from ..models.placement import on_device
 from ..sampling import Sampler, make_sampler
 from ..text import PromptEmbeds
+from ..validation import check_seed
 from .denoise import Guidance, StepCallback, denoise
 from .latents import latent_grid, prepare_latents
 
@@ -60,7 +61,7 @@ def sample_latents(
         sampler = make_sampler(sampler, family, bundle.scheduler_config, steps=steps)
     if not isinstance(guidance, Guidance):
         guidance = Guidance(float(guidance))
-    generator = torch.Generator("cpu").manual_seed(int(seed))
+    generator = torch.Generator("cpu").manual_seed(check_seed(seed))
     channels = int(getattr(bundle.transformer.config, "in_channels", family.latent_channels))
     noise = prepare_latents(
         family, embeds.cond.shape[0], latent_grid_, generator, channels=channels,
