@@ -34,6 +34,9 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' JSON copy of the peft LoraConfig
 BLADE_PREFIX = "blade."
 BLADE_METADATA_FIELDS = ("base_model", "family", "rank", "alpha", "steps", "training_steps", "asa")
+BLADE_STEPS = 8  # BLADE's LoRAs are distilled for 8 steps without CFG (REFERENCE.md)
+BLADE_RELEASE_RANK = 64
+_BLADE_TARGETS = (".to_q", ".to_k", ".to_v", ".to_out.0")
 
 _SUFFIX_A = ".lora_A.weight"
 _SUFFIX_B = ".lora_B.weight"
@@ -62,6 +65,12 @@ class LoRAInfo:
     num_params: int = 0
     path: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)  # the raw safetensors ``__metadata__``
+    blade: bool = False  # distilled by BLADE for few steps without CFG (see is_blade_lora)
+
+    @property
+    def distilled_steps(self) -> int | None:
+        """Sampling steps a BLADE LoRA was distilled for (its ``blade.steps``, else BLADE's 8); None otherwise."""
+        return (self.steps or BLADE_STEPS) if self.blade else None
 
 
 @dataclass
@@ -345,6 +354,22 @@ def lora_width(lora: LoRAFile) -> int | None:
 # ---------------------------------------------------------------------------------------------- public
 
 
+def is_blade_lora(metadata: dict[str, str], raw_keys: list[str] | tuple[str, ...], modules: list[str],
+                  rank: int | None) -> bool:
+    """A LoRA distilled by BLADE: it carries ``blade.*`` metadata (what ``training.distill`` writes), or it has the
+    released files' layout: diffusers/peft keys under ``transformer.``, rank 64, on the attention projections only
+    (to_q, to_k, to_v, to_out.0; REFERENCE.md, "Inference with a BLADE LoRA")."""
+    if any(k.startswith(BLADE_PREFIX) for k in metadata):
+        return True
+    return (
+        rank == BLADE_RELEASE_RANK
+        and bool(raw_keys)
+        and all(k.startswith("transformer.") and ".lora_" in k for k in raw_keys)
+        and bool(modules)
+        and all(m.endswith(_BLADE_TARGETS) for m in modules)
+    )
+
+
 def _int_or_none(value: str | None) -> int | None:
     try:
         return int(float(value)) if value not in (None, "", "None") else None
@@ -382,6 +407,8 @@ def _info(path: Path | None, lora_state, alphas, source, raw_keys, metadata, key
         num_params=sum(int(v.numel()) for v in lora_state.values()),
         path=str(path) if path is not None else None,
         metadata=dict(metadata),
+        blade=is_blade_lora(metadata, raw_keys, [k[: -len(_SUFFIX_A)] for k in lora_state if k.endswith(_SUFFIX_A)],
+                            rank),
     )
 
 

@@ -17,6 +17,7 @@ from ..text import PromptEmbeds
 from ..validation import check_seed
 from .denoise import Guidance, StepCallback, denoise
 from .latents import latent_grid, prepare_latents
+from .presets import warn_off_schedule_loras
 
 
 def _grid(bundle: ModelBundle, size: dict[str, int] | None, grid: tuple[int, int, int] | None) -> tuple[int, int, int]:
@@ -61,6 +62,7 @@ def sample_latents(
         sampler = make_sampler(sampler, family, bundle.scheduler_config, steps=steps)
     if not isinstance(guidance, Guidance):
         guidance = Guidance(float(guidance))
+    warn_off_schedule_loras(bundle.transformer, len(sampler.timesteps), guidance.scale if guidance.enabled else 1.0)
     generator = torch.Generator("cpu").manual_seed(check_seed(seed))
     channels = int(getattr(bundle.transformer.config, "in_channels", family.latent_channels))
     noise = prepare_latents(

@@ -337,3 +337,21 @@ def test_student_targets_cover_every_attention_projection(family):
     with pytest.raises(ValueError, match="valid families"):
         lora_target_modules("flux")
 
+
+def test_blade_lora_is_known_by_its_metadata_or_its_released_naming(tmp_path):
+    """BLADE's LoRAs (few steps, no CFG) are told apart from others, so a run off their schedule can warn."""
+    wan = tiny_transformer("wan")
+    attention = [n for n in target_modules(wan, "wan") if ".attn" in n]
+    released = read_lora(write_diffusers(tmp_path / "released.safetensors",
+                                         random_lora(wan, "wan", rank=64, modules=attention)))
+    assert released.info.blade and released.info.distilled_steps == 8
+    other_rank = read_lora(write_diffusers(tmp_path / "r4.safetensors", random_lora(wan, "wan", modules=attention)))
+    with_ffn = read_lora(write_diffusers(tmp_path / "ffn.safetensors", random_lora(wan, "wan", rank=64)))
+    kohya = read_lora(write_kohya(tmp_path / "kohya.safetensors", random_lora(wan, "wan", rank=64, modules=attention),
+                                  "wan"))
+    assert not (other_rank.info.blade or with_ffn.info.blade or kohya.info.blade)
+    assert other_rank.info.distilled_steps is None
+    state = {f"{m}.lora_{ab}.weight": t for m, (a, b, _) in random_lora(wan, "wan", modules=attention).factors.items()
+             for ab, t in (("A", a), ("B", b))}
+    distilled = read_lora(save_lora(tmp_path / "four.safetensors", state, {"steps": 4}))
+    assert distilled.info.blade and distilled.info.distilled_steps == 4

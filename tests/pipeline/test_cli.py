@@ -4,6 +4,7 @@ the requested size and frame count, and an existing output is only replaced with
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -79,3 +80,20 @@ def test_compile_vae_flag_compiles_the_wan_decoder_before_generating(tmp_path, m
     assert main(["--demo", "--compile-vae", "--steps", "1", "--output", str(tmp_path / "v.mp4")]) == 0
     assert len(compiled) == 1 and type(compiled[0]).__name__ == "AutoencoderKLWan"
     assert (tmp_path / "v.mp4").exists()
+
+
+def test_blade_lora_with_the_baseline_preset_warns(tmp_path, caplog):
+    from blade_tiny_files import write_tiny_lora
+
+    lora = str(write_tiny_lora("wan", tmp_path / "blade.safetensors"))
+    args = ["--demo", "--lora", lora, "--output", str(tmp_path / "v.mp4"), "--overwrite"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "--preset", "baseline", "--steps", "2"]) == 0
+    warned = [r.getMessage() for r in caplog.records if "BLADE LoRA" in r.getMessage()]
+    assert len(warned) == 1
+    assert "distilled for 8 steps without CFG; this run samples 2 steps with CFG 5" in warned[0]
+    assert "--preset blade" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "--preset", "blade"]) == 0
+    assert not [r for r in caplog.records if "BLADE LoRA" in r.getMessage()]
