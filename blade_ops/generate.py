@@ -124,8 +124,6 @@ def _demo_defaults(args: argparse.Namespace) -> None:
     for key, value in tiny_video_size("wan").items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if not args.prompt:
-        args.prompt = ["a red ball bouncing on a green street"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
