@@ -23,6 +23,7 @@ from .validation import (
     SAMPLER_NAMES,
     check_eta,
     check_guidance,
+    check_lora_path,
     check_output_path,
     check_positive_int,
     check_prompts,
@@ -170,7 +171,7 @@ def check_request_args(args: argparse.Namespace) -> None:
     if args.text_encoder:
         check_weight_path(args.text_encoder, "--text-encoder")
     if args.lora:
-        check_weight_path(args.lora, "--lora", folder=False)
+        check_lora_path(args.lora, "--lora")
     _check_outputs(args)
 
 

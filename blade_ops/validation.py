@@ -108,6 +108,21 @@ def check_weight_path(path: str | Path, what: str, *, folder: bool = True, file:
     return path
 
 
+def check_lora_path(path: str | Path, what: str = "LoRA") -> Path:
+    """An existing LoRA .safetensors file, or a folder holding exactly one (a training output folder), as
+    :func:`blade_ops.lora.read_lora` takes it."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in SAFETENSORS_SUFFIXES)
+        if len(found) != 1:
+            raise ValueError(
+                f"{what} {str(path)!r} is a folder; it must hold exactly one .safetensors file (found: "
+                f"{', '.join(found) or 'none'}), or give the file itself."
+            )
+        return path
+    return check_weight_path(path, what, folder=False)
+
+
 def check_output_path(path: str | Path, *, folder: bool, overwrite: bool) -> Path:
     """A path a video can be written to: an .mp4 file (``folder`` False) or a folder of PNG frames (True), in a
     writable place; an existing target needs ``overwrite`` and must be of the right kind."""

@@ -127,7 +127,7 @@ def _bad_arguments(tmp: Path) -> list[tuple[list[str], str]]:
         (["--model", str(tmp / "a_file"), "--prompt", "a", *out], "is not a .safetensors file"),
         (["--model", str(tmp / "not_a_model"), "--prompt", "a", *out], "without model_index.json or config.json"),
         (["--demo", "--lora", str(tmp / "lora.ckpt"), *out], "is not a .safetensors file"),
-        (["--demo", "--lora", str(tmp / "cog"), *out], "is a folder; expected a .safetensors file"),
+        (["--demo", "--lora", str(tmp / "cog"), *out], "is a folder; it must hold exactly one .safetensors file"),
         (["--demo", "--output", str(tmp / "folder.mp4")], "is a folder; give a file path ending in .mp4"),
         (["--demo", "--output", str(tmp / "a_file" / "v.mp4")], "is a file, not a folder"),
         (["--demo", "--output", str(tmp / "exists.mp4")], "already exists; pass --overwrite"),
