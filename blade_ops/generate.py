@@ -9,23 +9,36 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+# Only torch-free modules here: --help and every argument error answer before torch is imported (seconds), and
+# every request field is checked before any weights load (minutes for a real model).
+from .families import check_video_size, get_family
+from .validation import (
+    DTYPE_NAMES,
+    PRESET_NAMES,
+    SAMPLER_NAMES,
+    check_eta,
+    check_guidance,
+    check_lora_path,
+    check_output_path,
+    check_positive_int,
+    check_prompts,
+    check_seed,
+    check_shift,
+    check_weight_path,
+)
 
-from .families import get_family
-from .models.bundle import ModelBundle
-from .models.placement import resolve_device
-from .pipeline import GenerationRequest, prepare_model, preset_request
-from .pipeline.presets import PRESETS
-from .sampling import available_samplers
-from .video_io import write_video
+if TYPE_CHECKING:
+    import torch
+
+    from .models.bundle import ModelBundle
+    from .pipeline import GenerationRequest
 
 logger = logging.getLogger("blade_ops.generate")
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m blade_ops.generate", description=__doc__.split("\n\n")[0])
@@ -42,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--lora", help="BLADE LoRA file (.safetensors)")
     src.add_argument("--lora-strength", type=float, default=1.0)
     run = p.add_argument_group("generation")
-    run.add_argument("--preset", choices=[*sorted(PRESETS), "none"], default=None,
+    run.add_argument("--preset", choices=[*PRESET_NAMES, "none"], default=None,
                      help="blade: ASA + LoRA, 8 steps, no CFG (default); baseline: dense, 50 steps, CFG; "
                      "none: dense, --sampler/--steps/--guidance as given (default blade sampler, 8 steps, no CFG)")
     run.add_argument("--prompt", action="append", help="text prompt; repeat for several videos")
@@ -52,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--frames", type=int)
     run.add_argument("--steps", type=int)
     run.add_argument("--guidance", type=float, help="CFG scale (1.0 turns CFG off)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--sampler", choices=available_samplers())
+    run.add_argument("--seed", type=int, default=0, help="noise seed, 0 .. 2**64 - 1 (as in the nodes and the API)")
+    run.add_argument("--sampler", choices=SAMPLER_NAMES)
     run.add_argument("--shift", type=float, help="Wan flow shift (3.0 at 480p, 5.0 at 720p)")
     run.add_argument("--eta", type=float, help="tdm sampler re-noising weight (0.9)")
     run.add_argument("--offload", action="store_true", help="keep each part on the GPU only while it runs")
@@ -70,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--crf", type=int, default=18, help="H.264 quality, 0..51, lower is better")
     dev = p.add_argument_group("device")
     dev.add_argument(
-        "--dtype", choices=sorted(DTYPES), help="weights dtype (default: bfloat16 on GPU, float32 on CPU)",
+        "--dtype", choices=list(DTYPE_NAMES), help="weights dtype (default: bf16 on GPU, fp32 on CPU)",
     )
-    dev.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
+    dev.add_argument("--device", help="auto, cuda, cuda:1, cpu ... (default auto: cuda when available)")
     dev.add_argument(
         "--compile", action="store_true",
         help="torch.compile each transformer block (faster steps; the first video also pays for compiling)",
@@ -89,16 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
 def load_bundle(args: argparse.Namespace, dtype: torch.dtype, device: torch.device) -> ModelBundle:
     """The model the arguments name: --demo, --model folder and/or single files."""
     if args.demo:
+        from .models.bundle import ModelBundle
         from .models.tiny import tiny_components
 
         parts = tiny_components("wan", seed=0)
         scheduler = parts.pop("scheduler")
         return ModelBundle(family=get_family("wan"), scheduler_config=dict(scheduler.config), variant="tiny-demo",
                            sources={"demo": "blade_ops.models.tiny"}, **parts)
-    if not args.model and not args.transformer:
-        raise ValueError(
-            "No model given: pass --model FOLDER, --transformer FILE (with --vae/--text-encoder), or --demo."
-        )
     from .models import load_model_bundle
 
     return load_model_bundle(
@@ -115,24 +125,80 @@ def _demo_defaults(args: argparse.Namespace) -> None:
     for key, value in tiny_video_size("wan").items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if not args.prompt:
-        args.prompt = ["a red ball bouncing on a green street"]
 
 
-def run(argv: list[str] | None = None) -> Path:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the arguments without importing torch; errors are ValueError/FileNotFoundError/... ."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if args.demo:
         if args.family not in (None, "wan"):
             raise ValueError(f"--demo builds a tiny Wan model; --family {args.family} does not apply to it.")
-        _demo_defaults(args)
+        args.family = "wan"
+        args.prompt = args.prompt or ["a red ball bouncing on a green street"]
+    elif not args.model and not args.transformer:
+        raise ValueError(
+            "No model given: pass --model FOLDER, --transformer FILE (with --vae/--text-encoder), or --demo."
+        )
+    check_request_args(args)
+    return args
+
+
+def check_request_args(args: argparse.Namespace) -> None:
+    """Every request field the arguments give, checked the way GenerationRequest and the nodes check them, plus the
+    files (they exist and are safetensors or diffusers folders) and the outputs, before any weights load."""
     if not args.prompt:
         raise ValueError("--prompt is required (repeat it for several videos).")
+    check_prompts(args.prompt)
+    for name in ("width", "height", "frames", "steps"):
+        check_positive_int(name, getattr(args, name))
     if args.vae_chunk is not None and args.vae_chunk < 1:
         raise ValueError(f"--vae-chunk {args.vae_chunk}: give at least 1 latent frame per VAE decoder call.")
+    check_seed(args.seed)
+    if args.guidance is not None:
+        check_guidance(args.guidance)
+    check_shift(args.shift)
+    check_eta(args.eta)
+    if not math.isfinite(args.lora_strength):
+        raise ValueError(f"--lora-strength {args.lora_strength} must be a finite number (1.0 as distilled).")
+    if args.family is not None:
+        check_size(args, args.family)
+    if args.model:
+        check_weight_path(args.model, "--model")
+    if args.transformer:
+        check_weight_path(args.transformer, "--transformer")
+    if args.vae:
+        check_weight_path(args.vae, "--vae")
+    if args.text_encoder:
+        check_weight_path(args.text_encoder, "--text-encoder")
+    if args.lora:
+        check_lora_path(args.lora, "--lora")
     _check_outputs(args)
+
+
+def check_size(args: argparse.Namespace, family: str) -> None:
+    """The width, height and frames given on the command line against ``family``'s rules (unset ones take the
+    family's defaults, which are valid)."""
+    spec = get_family(family)
+    given = {"width": args.width, "height": args.height, "frames": args.frames}
+    placeholder = {"width": spec.pixel_multiple, "height": spec.pixel_multiple, "frames": 1}  # valid by the rules
+    check_video_size(spec, **{k: v if v is not None else placeholder[k] for k, v in given.items()})
+
+
+def run(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.family is None:  # read from the model's header or model_index.json, still before any weights load
+        from .models import detect_family
+
+        check_size(args, detect_family(args.transformer or args.model))
+    from .models import resolve_dtype
+    from .models.placement import auto_dtype, resolve_device
+    from .pipeline import GenerationRequest, prepare_model, preset_request
+
+    if args.demo:
+        _demo_defaults(args)
     device = resolve_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = resolve_dtype(args.dtype) if args.dtype else auto_dtype(device)
     args.preset = args.preset or "blade"
     bundle = load_bundle(args, dtype, device)
     options = dict(
@@ -188,19 +254,20 @@ def _targets(output: Path, count: int) -> list[Path]:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Fail before any model loads when an output option is invalid or would overwrite without --overwrite."""
-    if Path(args.output).suffix.lower() == ".mp4" and not 0 <= args.crf <= 51:
+    """Fail before any model loads when an output option is invalid, the output cannot be written, or it would
+    overwrite without --overwrite."""
+    mp4 = Path(args.output).suffix.lower() == ".mp4"
+    if mp4 and not 0 <= args.crf <= 51:
         raise ValueError(f"crf={args.crf} must be in 0..51 (lower is better quality; 18 is visually lossless).")
     if args.fps is not None and args.fps <= 0:
         raise ValueError(f"fps={args.fps} must be a positive number of frames per second (Wan 16, CogVideoX 8).")
-    if args.overwrite:
-        return
     for target in _targets(Path(args.output), len(args.prompt)):
-        if target.exists():
-            raise FileExistsError(f"{target} already exists; pass --overwrite to replace it.")
+        check_output_path(target, folder=not mp4, overwrite=args.overwrite)
 
 
 def _save(result, request: GenerationRequest, args: argparse.Namespace, bundle: ModelBundle) -> Path:
+    from .video_io import write_video
+
     output = Path(args.output)
     info = {
         "prompt": request.prompts, "negative_prompt": request.negative_prompt, "seed": request.seed,
@@ -219,7 +286,7 @@ def _save(result, request: GenerationRequest, args: argparse.Namespace, bundle: 
 def main(argv: list[str] | None = None) -> int:
     try:
         run(argv)
-    except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)  # noqa: T201 (command-line output)
         return 2
     return 0

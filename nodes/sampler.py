@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from ..blade_ops.validation import SEED_MAX, check_seed
 from . import comfy_bridge as bridge
 from .inputs import finite_float
 from .patching import patched
@@ -19,7 +20,7 @@ from .types import BLADE_EMBEDS, BLADE_MODEL, CATEGORY, BladeModel
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ["blade", "tdm", "baseline"]
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
+MAX_SEED = SEED_MAX  # the seed range of the command line and GenerationRequest too
 OOM_ADVICE = (
     "Lower width, height or frames, load the model with dtype bf16/fp16, or close other programs using the GPU."
 )
@@ -160,7 +161,7 @@ class BladeSampler:
         with bridge.oom_advice(what, OOM_ADVICE), on_device(transformer, bridge.torch_device(), offload="model"):
             with patched(model):  # ASA picks its kernel for the device the transformer is on, so patch after moving
                 latents = sample_latents(model.bundle, embeds, grid=grid, sampler=scheduler, steps=steps,
-                                         guidance=guide, seed=int(seed), callback=on_step)
+                                         guidance=guide, seed=check_seed(int(seed)), callback=on_step)
         samples = vae_scale_latents(model, latents)
         # "samples" is the key every ComfyUI node reads; "blade" keeps the exact model-space latents for BLADE VAE
         # Decode, with the samples they were scaled to, so a node that later changes "samples" is noticed.

@@ -46,9 +46,9 @@ class BladeTextEncode:
     def encode(self, text_encoder, prompt: str, negative_prompt: str = "") -> tuple:
         from ..blade_ops.models import on_device
         from ..blade_ops.text import encode_prompts
+        from ..blade_ops.validation import check_prompts
 
-        if not prompt.strip():
-            raise ValueError("The prompt is empty; describe the video to generate.")
+        check_prompts(prompt)  # the command line and GenerationRequest refuse the same prompts
         negative = negative_prompt if negative_prompt.strip() else text_encoder.family.default_negative_prompt
         bridge.free_comfy_memory()
         with bridge.oom_advice("encoding the prompt", "Load the text encoder with dtype bf16 or fp16."):

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..finite import check_finite, count_nonfinite, is_finite
 from .fit import check_lora_fits, linear_of
 from .formats import LoRAFile, LoRAInfo, read_lora
 
@@ -96,18 +97,54 @@ def _folded_factors(lora: LoRAFile) -> Factors:
     return factors
 
 
-@torch.no_grad()
-def _add_delta(transformer: nn.Module, factors: Factors, coeff: float) -> None:
-    """W += coeff * B @ A (and b += coeff * bias) for every module, computed in float32 on the weight's device."""
-    if coeff == 0:
-        return
+def _updated(param: torch.Tensor, delta: torch.Tensor, coeff: float) -> torch.Tensor:
+    """``param + coeff * delta`` computed in float32, in the parameter's dtype."""
+    if param.dtype == torch.float32:
+        return param + coeff * delta
+    return (param.float() + coeff * delta).to(param.dtype)
+
+
+def _module_updates(transformer: nn.Module, factors: Factors, coeff: float):
+    """Yield (module path, parameter, its new value) for every weight and bias a delta changes."""
     for module, (a, b, bias) in factors.items():
         linear = linear_of(transformer.get_submodule(module))
         w = linear.weight
         delta = b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)
-        w.copy_((w.float() + coeff * delta).to(w.dtype) if w.dtype != torch.float32 else w + coeff * delta)
+        yield module, w, _updated(w, delta, coeff)
         if bias is not None:
-            linear.bias.copy_((linear.bias.float() + coeff * bias.to(w.device, torch.float32)).to(linear.bias.dtype))
+            yield module, linear.bias, _updated(linear.bias, bias.to(w.device, torch.float32), coeff)
+
+
+def _factor_tensors(factors: Factors) -> dict[str, torch.Tensor]:
+    named = {}
+    for module, (a, b, bias) in factors.items():
+        named.update({f"{module}.lora_A.weight": a, f"{module}.lora_B.weight": b})
+        if bias is not None:
+            named[f"{module}.lora_B.bias"] = bias
+    return named
+
+
+@torch.no_grad()
+def _add_delta(transformer: nn.Module, factors: Factors, coeff: float, what: str) -> None:
+    """W += coeff * B @ A (and b += coeff * bias) for every module, computed in float32 on the weight's device.
+
+    Every new value is computed and checked before any is written (the update is computed twice, a cost only
+    merging pays): an update that would leave a weight NaN or Inf (damaged factors, or an fp16 overflow at this
+    strength) is refused and the model stays exactly as it was.
+    """
+    if coeff == 0:
+        return
+    bad = [(m, p, new) for m, p, new in _module_updates(transformer, factors, coeff) if not is_finite(new)]
+    if bad:
+        found = [count_nonfinite(m, new) for m, _, new in bad]
+        raise ValueError(
+            f"{what} at strength {coeff:g} would make the weights of {len(bad)} modules NaN or Inf ("
+            + ", ".join(f.describe() for f in found[:3])
+            + f", in {bad[0][1].dtype}); nothing was changed. Lower the strength, load the model in bf16 or fp32 "
+            "instead of fp16, apply the LoRA unmerged, or check that the files are not damaged."
+        )
+    for _, param, new in _module_updates(transformer, factors, coeff):
+        param.copy_(new)
 
 
 def _load_peft(transformer: nn.Module, name: str, factors: Factors) -> None:
@@ -188,9 +225,11 @@ def apply_lora(
     check_lora_fits(transformer, lora)
     name = _new_name(transformer, adapter_name, lora)
     factors = _folded_factors(lora)
+    # read_lora already refused a file with NaN/Inf; this also covers a LoRAFile built in memory (cheap: LoRA-sized).
+    check_finite(_factor_tensors(factors), f"LoRA {name!r}")
     registry = applied_loras(transformer)
     if merge:
-        _add_delta(transformer, factors, strength)
+        _add_delta(transformer, factors, strength, f"Merging LoRA {name!r}")
         registry[name] = AppliedLoRA(name, lora.info, strength, merged=True, factors=factors)
     else:
         _load_peft(transformer, name, factors)
@@ -210,7 +249,7 @@ def set_lora_strength(transformer: nn.Module, adapter_name: str, strength: float
     entry = _entry(transformer, adapter_name)
     if entry.merged:
         if entry.enabled:
-            _add_delta(transformer, entry.factors, strength - entry.strength)
+            _add_delta(transformer, entry.factors, strength - entry.strength, f"Re-weighting LoRA {adapter_name!r}")
         entry.strength = strength
     else:
         entry.strength = strength
@@ -229,7 +268,8 @@ def _set_enabled(transformer: nn.Module, adapter_names: str | list[str] | None, 
         if entry.enabled == enabled:
             continue
         if entry.merged:
-            _add_delta(transformer, entry.factors, entry.strength if enabled else -entry.strength)
+            what = f"{'Enabling' if enabled else 'Disabling'} merged LoRA {entry.name!r}"
+            _add_delta(transformer, entry.factors, entry.strength if enabled else -entry.strength, what)
         entry.enabled = enabled
     _sync_peft(transformer)
 
@@ -249,11 +289,11 @@ def merge_loras(transformer: nn.Module, adapter_names: str | list[str] | None = 
     for entry in _select(transformer, adapter_names):
         if entry.merged:
             continue
-        entry.factors = _peft_factors(transformer, entry.name)
+        factors = _peft_factors(transformer, entry.name)
+        if entry.enabled:  # checked first, so a refused merge leaves the adapter as it was
+            _add_delta(transformer, factors, entry.strength, f"Merging LoRA {entry.name!r}")
         _drop_peft(transformer, entry.name)
-        entry.merged = True
-        if entry.enabled:
-            _add_delta(transformer, entry.factors, entry.strength)
+        entry.factors, entry.merged = factors, True
     _sync_peft(transformer)
 
 
@@ -263,7 +303,7 @@ def unmerge_loras(transformer: nn.Module, adapter_names: str | list[str] | None 
         if not entry.merged:
             continue
         if entry.enabled:
-            _add_delta(transformer, entry.factors, -entry.strength)
+            _add_delta(transformer, entry.factors, -entry.strength, f"Unmerging LoRA {entry.name!r}")
         _load_peft(transformer, entry.name, entry.factors)
         entry.merged, entry.factors = False, None
     _sync_peft(transformer)
@@ -274,7 +314,7 @@ def remove_lora(transformer: nn.Module, adapter_name: str) -> None:
     entry = _entry(transformer, adapter_name)
     if entry.merged:
         if entry.enabled:
-            _add_delta(transformer, entry.factors, -entry.strength)
+            _add_delta(transformer, entry.factors, -entry.strength, f"Removing LoRA {adapter_name!r}")
     else:
         _drop_peft(transformer, adapter_name)
     del applied_loras(transformer)[adapter_name]

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from ..finite import check_finite
+
 logger = logging.getLogger(__name__)
 
 SOURCE_FORMATS = ("diffusers", "kohya", "original_wan")
@@ -32,6 +34,9 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' JSON copy of the peft LoraConfig
 BLADE_PREFIX = "blade."
 BLADE_METADATA_FIELDS = ("base_model", "family", "rank", "alpha", "steps", "training_steps", "asa")
+BLADE_STEPS = 8  # BLADE's LoRAs are distilled for 8 steps without CFG (REFERENCE.md)
+BLADE_RELEASE_RANK = 64
+_BLADE_TARGETS = (".to_q", ".to_k", ".to_v", ".to_out.0")
 
 _SUFFIX_A = ".lora_A.weight"
 _SUFFIX_B = ".lora_B.weight"
@@ -60,6 +65,12 @@ class LoRAInfo:
     num_params: int = 0
     path: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)  # the raw safetensors ``__metadata__``
+    blade: bool = False  # distilled by BLADE for few steps without CFG (see is_blade_lora)
+
+    @property
+    def distilled_steps(self) -> int | None:
+        """Sampling steps a BLADE LoRA was distilled for (its ``blade.steps``, else BLADE's 8); None otherwise."""
+        return (self.steps or BLADE_STEPS) if self.blade else None
 
 
 @dataclass
@@ -273,6 +284,16 @@ def normalise_lora_state_dict(
     return state, alphas, source
 
 
+def _check_alphas(alphas: dict[str, float], name: str) -> None:
+    """Alphas from metadata (kohya ``ss_network_alpha``, diffusers' ``lora_alpha``) must be finite numbers too."""
+    bad = [m for m, a in alphas.items() if not math.isfinite(a)]
+    if bad:
+        raise ValueError(
+            f"{name} is damaged: {len(bad)} of {len(alphas)} modules have a non-finite alpha in its metadata (e.g. "
+            f"{', '.join(f'{m}={alphas[m]}' for m in bad[:3])}); re-download or re-export the LoRA."
+        )
+
+
 def _check_pairs(state: dict[str, torch.Tensor], name: str) -> None:
     if not any(k.endswith(_SUFFIX_A) for k in state):
         sample = ", ".join(list(state)[:3])
@@ -333,6 +354,22 @@ def lora_width(lora: LoRAFile) -> int | None:
 # ---------------------------------------------------------------------------------------------- public
 
 
+def is_blade_lora(metadata: dict[str, str], raw_keys: list[str] | tuple[str, ...], modules: list[str],
+                  rank: int | None) -> bool:
+    """A LoRA distilled by BLADE: it carries ``blade.*`` metadata (what ``training.distill`` writes), or it has the
+    released files' layout: diffusers/peft keys under ``transformer.``, rank 64, on the attention projections only
+    (to_q, to_k, to_v, to_out.0; REFERENCE.md, "Inference with a BLADE LoRA")."""
+    if any(k.startswith(BLADE_PREFIX) for k in metadata):
+        return True
+    return (
+        rank == BLADE_RELEASE_RANK
+        and bool(raw_keys)
+        and all(k.startswith("transformer.") and ".lora_" in k for k in raw_keys)
+        and bool(modules)
+        and all(m.endswith(_BLADE_TARGETS) for m in modules)
+    )
+
+
 def _int_or_none(value: str | None) -> int | None:
     try:
         return int(float(value)) if value not in (None, "", "None") else None
@@ -370,6 +407,8 @@ def _info(path: Path | None, lora_state, alphas, source, raw_keys, metadata, key
         num_params=sum(int(v.numel()) for v in lora_state.values()),
         path=str(path) if path is not None else None,
         metadata=dict(metadata),
+        blade=is_blade_lora(metadata, raw_keys, [k[: -len(_SUFFIX_A)] for k in lora_state if k.endswith(_SUFFIX_A)],
+                            rank),
     )
 
 
@@ -388,9 +427,13 @@ def lora_from_state_dict(
 ) -> LoRAFile:
     """Same as :func:`read_lora` for a state dict already in memory."""
     metadata = dict(metadata or {})
-    state, alphas, source = normalise_lora_state_dict(raw, metadata)
     name = f"LoRA file {Path(path).name!r}" if path is not None else "LoRA state dict"
+    # One min/max pass over tensors already in memory (a LoRA is a few MB to a few hundred MB), before any naming
+    # conversion folds a NaN ``.alpha`` into the factors; see blade_ops/finite.py.
+    check_finite(raw, name)
+    state, alphas, source = normalise_lora_state_dict(raw, metadata)
     _check_pairs(state, name)
+    _check_alphas(alphas, name)
     info = _info(Path(path) if path else None, state, alphas, source, tuple(raw), metadata, _file_alpha(raw))
     return LoRAFile(state_dict=state, alphas=alphas, info=info, raw_keys=tuple(raw))
 

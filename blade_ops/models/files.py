@@ -106,13 +106,21 @@ def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def load_tensors(path: str | Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Load tensors (all, or ``keys``) from a checked safetensors file onto the CPU."""
+    """Load tensors (all, or ``keys``) from a checked safetensors file onto the CPU.
+
+    Raises :class:`~blade_ops.finite.NonFiniteWeightsError` (a ValueError) naming the tensors when any holds NaN or
+    Inf: a damaged file (one min/max pass over the tensors just read, see blade_ops/finite.py for the cost).
+    """
     from safetensors import SafetensorError, safe_open
+
+    from ..finite import check_finite
 
     path = check_weight_file(path)
     read_header(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in (keys if keys is not None else f.keys())}
+            tensors = {k: f.get_tensor(k) for k in (keys if keys is not None else f.keys())}
     except SafetensorError as err:
         raise ValueError(f"{path} is truncated or corrupt ({err}). Re-download it.") from None
+    check_finite(tensors, f"Weight file {path}")
+    return tensors

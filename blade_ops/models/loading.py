@@ -27,11 +27,13 @@ from pathlib import Path
 import torch
 
 from ..families import FAMILIES, get_family
+from ..finite import check_finite_module
+from ..validation import DTYPE_NAMES
 from . import keymaps
 from .bundle import ModelBundle
 from .detect import Sniff, describe_foreign, sniff
 from .files import PICKLE_SUFFIXES, load_tensors, read_header, read_shapes
-from .placement import check_offload, place
+from .placement import auto_dtype, check_offload, place, resolve_device
 from .variants import (
     DEFAULT_VARIANT,
     VARIANTS,
@@ -47,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PARTS = ("transformer", "vae", "text_encoder", "tokenizer")
 ALL_PARTS = DEFAULT_PARTS + ("scheduler",)
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {name: getattr(torch, torch_name) for name, torch_name in DTYPE_NAMES.items()}  # "bf16" and "bfloat16"
 
 PIPELINE_CLASSES = {"WanPipeline": "wan", "CogVideoXPipeline": "cogvideox"}
 MODEL_CLASSES = {
@@ -80,13 +82,18 @@ class LoadedPart:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """torch dtype from a dtype or one of "bf16", "fp16", "fp32"."""
+def resolve_dtype(dtype: torch.dtype | str, device: str | torch.device | None = None) -> torch.dtype:
+    """torch dtype from a dtype, a name in either spelling ("bf16"/"bfloat16", "fp16"/"float16", "fp32"/"float32"),
+    or "auto": what the command line picks for ``device`` (bf16 on CUDA, fp32 elsewhere)."""
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        return auto_dtype(device)
     if isinstance(dtype, str) and dtype.lower() in DTYPES:
         return DTYPES[dtype.lower()]
-    raise ValueError(f"Unsupported dtype {dtype!r}; valid: {', '.join(DTYPES)} (or torch.bfloat16/float16/float32).")
+    raise ValueError(
+        f"Unsupported dtype {dtype!r}; valid: auto, {', '.join(DTYPES)} (or torch.bfloat16/float16/float32)."
+    )
 
 
 def _family_name(family: str | None) -> str | None:
@@ -206,6 +213,7 @@ def _load_folder_part(
     class_name = _read_json(folder / "config.json").get("_class_name")
     cls = _model_class(found, part, class_name)
     module = cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True).eval()
+    check_finite_module(module, f"The {part} folder {folder}")  # one min/max pass, see blade_ops/finite.py
     if class_name in PACK_MODEL_CLASSES:
         variant = None  # not a released model: no shipped variant to match
     else:
@@ -530,6 +538,7 @@ def load_text_encoder(
     _check(check_cancel)
     cls = UMT5EncoderModel if arch == "UMT5EncoderModel" else T5EncoderModel
     encoder = cls.from_pretrained(folder, dtype=resolve_dtype(dtype), use_safetensors=True, local_files_only=True)
+    check_finite_module(encoder, f"The text_encoder folder {folder}")
     tok_dirs = [d for d in (folder.parent / "tokenizer", folder) if (d / "tokenizer_config.json").is_file()]
     if not tok_dirs:
         raise FileNotFoundError(
@@ -548,7 +557,7 @@ def load_model_bundle(
     vae_path: PathLike | None = None,
     text_encoder_path: PathLike | None = None,
     config: ConfigLike = None,
-    dtype: torch.dtype | str = torch.bfloat16,
+    dtype: torch.dtype | str = "auto",
     device: str | torch.device = "cpu",
     offload: str = "none",
     check_cancel: CancelCheck = None,
@@ -561,12 +570,16 @@ def load_model_bundle(
     (``bundle.using(part)``); with "none" they are placed on ``device`` now. ``config`` applies to a single-file
     transformer. The scheduler config is read whenever the folder has one. ``check_cancel`` runs between files
     (see the module docstring).
+
+    ``device="auto"`` is CUDA when available, else the CPU. ``dtype="auto"`` (the default) is what the command line
+    picks for that device: bf16 on CUDA, fp32 on the CPU, so the same seed gives the same video from both.
     """
     check_offload(offload)
     unknown = [p for p in parts if p not in ALL_PARTS]
     if unknown:
         raise ValueError(f"Unknown model parts {unknown}; valid parts: {', '.join(ALL_PARTS)}.")
-    dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"Model path not found: {path}; expected a diffusers folder or a .safetensors file.")

@@ -53,6 +53,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def auto_dtype(device: str | torch.device | None) -> torch.dtype:
+    """The weights dtype the command line and ``load_model_bundle(dtype="auto")`` pick for a device: bfloat16 on
+    CUDA (what the released models use), float32 elsewhere (CPU kernels are slow or missing in bf16)."""
+    return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
+
+
 def module_device(module: torch.nn.Module) -> torch.device:
     """The device of a module's first parameter or buffer (CPU for a module with neither)."""
     for t in module.parameters():

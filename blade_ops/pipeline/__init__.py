@@ -1,7 +1,7 @@
 """Dense and sparse text-to-video without diffusers pipeline classes: encode -> noise -> denoise -> decode."""
 
 from .decode import decode, unscale_latents
-from .denoise import Guidance, StepCallback, denoise
+from .denoise import Guidance, NonFiniteLatentsError, StepCallback, denoise
 from .latents import cogvideox_rotary, latent_grid, latent_shape, prepare_latents
 from .presets import PRESETS, Preset, get_preset, prepare_model, preset_request
 from .request import DEFAULT_SIZES, GenerationCancelled, GenerationRequest, GenerationResult, StepInfo
@@ -16,6 +16,7 @@ __all__ = [
     "GenerationResult",
     "LatentScaling",
     "Guidance",
+    "NonFiniteLatentsError",
     "PRESETS",
     "Preset",
     "StepCallback",

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from ..finite import count_nonfinite, is_finite
 from ..models.bundle import ModelBundle
 from ..sampling import Sampler
 from ..text import PromptEmbeds
@@ -62,6 +63,47 @@ def _model_output(
     return out.float()
 
 
+class NonFiniteLatentsError(RuntimeError):
+    """The latents turned NaN or Inf during sampling: the run stops instead of decoding a black video."""
+
+    def __init__(self, message: str, step: int, total: int):
+        super().__init__(message)
+        self.step, self.total = step, total
+
+
+def _likely_causes(transformer: torch.nn.Module) -> str:
+    from ..lora import applied_loras
+
+    causes = []
+    loras = [e for e in applied_loras(transformer).values() if e.enabled]
+    if loras:
+        listed = ", ".join(f"{e.name!r} at {e.strength:g}" for e in loras)
+        causes.append(f"a LoRA strength far from 1 (applied: {listed})")
+    else:
+        causes.append("a LoRA strength far from 1 (none is applied here)")
+    if transformer.dtype == torch.float16:
+        causes.append("fp16 overflow (the model runs in float16: load it in bf16 or fp32)")
+    else:
+        causes.append(f"fp16 overflow (not the case here: the model runs in {str(transformer.dtype).split('.')[-1]})")
+    causes.append("damaged weights (re-download the model and LoRA files)")
+    return "; ".join(causes)
+
+
+def _check_latents(transformer: torch.nn.Module, latents: torch.Tensor, step: int, total: int, t: float) -> None:
+    """Stop the run at the first step whose latents hold NaN or Inf (a min/max over the latents: one device sync
+    per step, negligible next to a transformer pass)."""
+    if is_finite(latents):
+        return
+    bad = count_nonfinite("latents", latents)
+    raise NonFiniteLatentsError(
+        f"Sampling produced non-finite latents at step {step} of {total} (timestep {t:g}): {bad.nan} NaN and "
+        f"{bad.inf} Inf of {bad.numel} values, so the video would be black. Likely causes: "
+        f"{_likely_causes(transformer)}.",
+        step,
+        total,
+    )
+
+
 @torch.no_grad()
 def denoise(
     bundle: ModelBundle,
@@ -100,6 +142,7 @@ def denoise(
             uncond, cond = out.chunk(2)
             out = uncond + guidance.scale_at(t.item(), total) * (cond - uncond)
         latents = sampler.step(i, out, latents, generator).float()
+        _check_latents(transformer, latents, i + 1, total, float(t))
         if callback is not None and callback(StepInfo(i + 1, total, float(t), latents)) is False:
             raise GenerationCancelled(i + 1, total)
     return latents

@@ -91,3 +91,28 @@ def prepare_model(
             "Preset %r without a BLADE LoRA: the base model in 8 steps without CFG gives blurry videos.", preset
         )
     return bundle
+
+
+def warn_off_schedule_loras(transformer, steps: int, guidance: float) -> list[str]:
+    """Log a warning for each BLADE LoRA on ``transformer`` that this run samples off the schedule it was distilled
+    for (8 steps without CFG), e.g. under the baseline preset's 50 CFG steps, which garbles the video. Returns the
+    adapter names warned about."""
+    from ..lora import applied_loras
+
+    warned = []
+    for entry in applied_loras(transformer).values():
+        distilled = entry.info.distilled_steps
+        if distilled is None or not entry.enabled or entry.strength == 0:
+            continue
+        if steps == distilled and guidance <= 1.0:
+            continue
+        cfg = f"CFG {guidance:g}" if guidance > 1.0 else "no CFG"
+        logger.warning(
+            "LoRA %r is a BLADE LoRA, distilled for %d steps without CFG; this run samples %d steps with %s, which "
+            "gives garbled videos. Use the blade preset (command line: --preset blade; Python: prepare_model(bundle, "
+            "'blade', lora=...) and preset_request('blade', ...); nodes: scheduler blade, %d steps, guidance 1.0), "
+            "or leave the LoRA out for the 50-step baseline.",
+            entry.name, distilled, steps, cfg, distilled,
+        )
+        warned.append(entry.name)
+    return warned

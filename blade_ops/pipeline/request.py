@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..families import FamilySpec
+from ..validation import check_eta, check_guidance, check_positive_int, check_prompts, check_seed, check_shift
 
 # Sizes each model was trained at (frames x height x width), used when a request leaves them unset.
 DEFAULT_SIZES: dict[str, dict[str, int]] = {
@@ -31,11 +32,6 @@ class StepInfo:
     total: int
     timestep: float
     latents: torch.Tensor
-
-
-def _positive_int(name: str, value) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"{name}={value!r} must be a positive integer (or None for the default).")
 
 
 @dataclass
@@ -63,9 +59,8 @@ class GenerationRequest:
     max_sequence_length: int | None = None  # None: the family's (Wan 512, CogVideoX 226)
 
     def __post_init__(self):
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"prompt={self.prompt!r} must be a string or a non-empty list of strings.")
+        # The same checks as the command line and the nodes (blade_ops.validation), so all three accept the same.
+        prompts = check_prompts(self.prompt)
         neg = self.negative_prompt
         if neg is not None and not isinstance(neg, str):
             if not isinstance(neg, (list, tuple)) or not all(isinstance(p, str) for p in neg):
@@ -73,20 +68,16 @@ class GenerationRequest:
             if len(neg) not in (1, len(prompts)):
                 raise ValueError(f"negative_prompt has {len(neg)} entries; give 1 or {len(prompts)} (one per prompt).")
         for name in ("width", "height", "frames", "steps", "fps", "max_sequence_length", "vae_chunk_frames"):
-            _positive_int(name, getattr(self, name))
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**63).")
-        if not isinstance(self.guidance, (int, float)) or not 0 <= self.guidance <= 50:
-            raise ValueError(f"guidance={self.guidance!r} must be a number in [0, 50] (1.0 turns CFG off).")
+            check_positive_int(name, getattr(self, name))
+        check_seed(self.seed)
+        check_guidance(self.guidance)
         from ..sampling import available_samplers
 
         if self.sampler not in available_samplers():
             valid = ", ".join(available_samplers())
             raise ValueError(f"sampler={self.sampler!r} is unknown; valid samplers: {valid}.")
-        if self.shift is not None and not self.shift > 0:
-            raise ValueError(f"shift={self.shift!r} must be positive (Wan: 3.0 at 480p, 5.0 at 720p).")
-        if self.eta is not None and not 0 <= self.eta <= 1:
-            raise ValueError(f"eta={self.eta!r} must lie in [0, 1].")
+        check_shift(self.shift)
+        check_eta(self.eta)
 
     @property
     def prompts(self) -> list[str]:

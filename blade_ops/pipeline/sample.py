@@ -14,8 +14,10 @@ from ..models.bundle import ModelBundle
 from ..models.placement import on_device
 from ..sampling import Sampler, make_sampler
 from ..text import PromptEmbeds
+from ..validation import check_seed
 from .denoise import Guidance, StepCallback, denoise
 from .latents import latent_grid, prepare_latents
+from .presets import warn_off_schedule_loras
 
 
 def _grid(bundle: ModelBundle, size: dict[str, int] | None, grid: tuple[int, int, int] | None) -> tuple[int, int, int]:
@@ -60,7 +62,8 @@ def sample_latents(
         sampler = make_sampler(sampler, family, bundle.scheduler_config, steps=steps)
     if not isinstance(guidance, Guidance):
         guidance = Guidance(float(guidance))
-    generator = torch.Generator("cpu").manual_seed(int(seed))
+    warn_off_schedule_loras(bundle.transformer, len(sampler.timesteps), guidance.scale if guidance.enabled else 1.0)
+    generator = torch.Generator("cpu").manual_seed(check_seed(seed))
     channels = int(getattr(bundle.transformer.config, "in_channels", family.latent_channels))
     noise = prepare_latents(
         family, embeds.cond.shape[0], latent_grid_, generator, channels=channels,

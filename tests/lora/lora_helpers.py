@@ -110,6 +110,26 @@ def write_original_wan(path: Path, lora: RandomLoRA, prefixed: bool = False) -> 
     return path
 
 
+FORMATS = {
+    "wan": ["diffusers", "kohya", "kohya_flat", "original_wan", "original_wan_prefixed"],
+    "cogvideox": ["diffusers", "kohya"],
+}
+EXPECTED_SOURCE = {"diffusers": "diffusers", "kohya": "kohya", "kohya_flat": "kohya", "original_wan": "original_wan",
+                   "original_wan_prefixed": "original_wan"}
+
+
+def write(kind: str, path: Path, lora: RandomLoRA, family: str) -> Path:
+    """``lora`` written as ``path/<kind>.safetensors`` in one of the namings of FORMATS."""
+    path = path / f"{kind}.safetensors"
+    if kind == "diffusers":
+        return write_diffusers(path, lora)
+    if kind == "kohya":
+        return write_kohya(path, lora, family)
+    if kind == "kohya_flat":
+        return write_kohya(path, lora, family, flat=True)
+    return write_original_wan(path, lora, prefixed=kind.endswith("prefixed"))
+
+
 @torch.no_grad()
 def effective_weight(transformer: nn.Module, name: str) -> torch.Tensor:
     """The [out, in] matrix a linear layer (peft-wrapped or not) applies, probed through its forward."""

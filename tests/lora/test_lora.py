@@ -9,15 +9,17 @@ import re
 import pytest
 import torch
 from lora_helpers import (
+    EXPECTED_SOURCE,
+    FORMATS,
     base_weights,
     effective_weight,
     model_inputs,
     random_lora,
     run,
     target_modules,
+    write,
     write_diffusers,
     write_kohya,
-    write_original_wan,
 )
 from safetensors.torch import save_file
 
@@ -36,24 +38,6 @@ from blade_ops.lora import (
     unmerge_loras,
 )
 from blade_ops.models.tiny import tiny_transformer
-
-FORMATS = {
-    "wan": ["diffusers", "kohya", "kohya_flat", "original_wan", "original_wan_prefixed"],
-    "cogvideox": ["diffusers", "kohya"],
-}
-EXPECTED_SOURCE = {"diffusers": "diffusers", "kohya": "kohya", "kohya_flat": "kohya", "original_wan": "original_wan",
-                   "original_wan_prefixed": "original_wan"}
-
-
-def write(kind: str, path, lora, family: str):
-    path = path / f"{kind}.safetensors"
-    if kind == "diffusers":
-        return write_diffusers(path, lora)
-    if kind == "kohya":
-        return write_kohya(path, lora, family)
-    if kind == "kohya_flat":
-        return write_kohya(path, lora, family, flat=True)
-    return write_original_wan(path, lora, prefixed=kind.endswith("prefixed"))
 
 
 @pytest.fixture
@@ -352,3 +336,22 @@ def test_student_targets_cover_every_attention_projection(family):
     assert len(wrapped) == per_block * model.config.num_layers  # 1.3B: 8 x 30 = 240; CogVideoX-5B: 4 x 42 = 168
     with pytest.raises(ValueError, match="valid families"):
         lora_target_modules("flux")
+
+
+def test_blade_lora_is_known_by_its_metadata_or_its_released_naming(tmp_path):
+    """BLADE's LoRAs (few steps, no CFG) are told apart from others, so a run off their schedule can warn."""
+    wan = tiny_transformer("wan")
+    attention = [n for n in target_modules(wan, "wan") if ".attn" in n]
+    released = read_lora(write_diffusers(tmp_path / "released.safetensors",
+                                         random_lora(wan, "wan", rank=64, modules=attention)))
+    assert released.info.blade and released.info.distilled_steps == 8
+    other_rank = read_lora(write_diffusers(tmp_path / "r4.safetensors", random_lora(wan, "wan", modules=attention)))
+    with_ffn = read_lora(write_diffusers(tmp_path / "ffn.safetensors", random_lora(wan, "wan", rank=64)))
+    kohya = read_lora(write_kohya(tmp_path / "kohya.safetensors", random_lora(wan, "wan", rank=64, modules=attention),
+                                  "wan"))
+    assert not (other_rank.info.blade or with_ffn.info.blade or kohya.info.blade)
+    assert other_rank.info.distilled_steps is None
+    state = {f"{m}.lora_{ab}.weight": t for m, (a, b, _) in random_lora(wan, "wan", modules=attention).factors.items()
+             for ab, t in (("A", a), ("B", b))}
+    distilled = read_lora(save_lora(tmp_path / "four.safetensors", state, {"steps": 4}))
+    assert distilled.info.blade and distilled.info.distilled_steps == 4

@@ -176,7 +176,7 @@ def test_folder_errors(tmp_path, tiny_folder):
 
 
 def test_bad_arguments(files):
-    with pytest.raises(ValueError, match="Unsupported dtype 'int8'; valid: bf16, fp16, fp32"):
+    with pytest.raises(ValueError, match="Unsupported dtype 'int8'; valid: auto, fp32, float32, bf16, bfloat16, fp16"):
         resolve_dtype("int8")
     with pytest.raises(ValueError, match="Unknown offload policy 'sequential'; valid policies: none, model"):
         load_model_bundle(files["wan_comfy"], offload="sequential")
@@ -184,6 +184,21 @@ def test_bad_arguments(files):
         load_model_bundle(files["wan_comfy"], parts=("unet",))
     with pytest.raises(ValueError, match="Unknown model family 'sd15'"):
         load_transformer(files["wan_comfy"], family="sd15")
+
+
+@pytest.mark.parametrize("short, long", [("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16")])
+def test_dtype_names_in_both_spellings(short, long):
+    assert resolve_dtype(short) is resolve_dtype(long) is resolve_dtype(long.upper()) is getattr(torch, long)
+
+
+def test_auto_dtype_and_device_follow_the_command_line(tiny_folder):
+    """``device="auto"`` is CUDA when available, else the CPU; ``dtype="auto"`` (the default) is bf16 on CUDA and
+    fp32 on the CPU, as ``python -m blade_ops.generate`` picks."""
+    assert resolve_dtype("auto", "cpu") is torch.float32
+    bundle = load_model_bundle(tiny_folder("wan"), parts=("transformer", "vae"), device="auto")
+    cuda = torch.cuda.is_available()
+    assert bundle.device == ("cuda" if cuda else "cpu")
+    assert bundle.transformer.dtype == bundle.dtype == (torch.bfloat16 if cuda else torch.float32)
 
 
 def test_single_file_bundle_without_text_encoder_source(files):
