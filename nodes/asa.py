@@ -6,10 +6,10 @@ one translation to :class:`blade_ops.prepare.AsaRequest`, so both nodes mean the
 
 from __future__ import annotations
 
-import math
-
+from .inputs import float_inputs
 from .types import BLADE_MODEL, CATEGORY, BladeModel
 
+NODE_NAME = "BLADE ASA (sparse attention)"
 ASA_BACKENDS = ["auto", "flex", "block_sparse_attn", "torch"]
 # What the ``settings`` combo shows -> blade_ops.prepare.ASA_SOURCES
 SETTINGS_CHOICES = {
@@ -96,12 +96,6 @@ ESTIMATE_INPUT = {
 }
 
 
-def _finite(node: str, name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{node}: {name}={value!r} must be a finite number.")
-    return float(value)
-
-
 def asa_request(
     node: str,
     family: str,
@@ -126,10 +120,9 @@ def asa_request(
         raise ValueError(f"{node}: settings={settings!r} is not one of {list(SETTINGS_CHOICES)}.")
     if backend not in ASA_BACKENDS:
         raise ValueError(f"{node}: backend={backend!r} is not one of {ASA_BACKENDS}.")
-    values = dict(tau=_finite(node, "tau", tau), min_ratio=_finite(node, "min_ratio", min_ratio),
-                  max_ratio=_finite(node, "max_ratio", max_ratio))
     try:
-        config = ASAConfig(**values, num_keep=num_keep, use_global=use_global, sample_gap=sample_gap,
+        config = ASAConfig(tau=tau, min_ratio=min_ratio, max_ratio=max_ratio, num_keep=num_keep,
+                           use_global=use_global, sample_gap=sample_gap,
                            dense_steps=dense_steps, dense_layers=dense_layers,
                            estimate_precision=estimate_precision or "auto")
     except ValueError as err:
@@ -174,12 +167,13 @@ class BladeASA:
         dense_layers: str = "",
         estimate_precision: str | None = None,
     ) -> tuple[BladeModel]:
+        floats = float_inputs(BladeASA, NODE_NAME, tau=tau, min_ratio=min_ratio, max_ratio=max_ratio)
         request = asa_request(
-            "BLADE ASA", model.family.name, settings=settings, backend=backend, tau=tau, min_ratio=min_ratio,
-            max_ratio=max_ratio, num_keep=num_keep, use_global=use_global, sample_gap=sample_gap,
-            dense_steps=dense_steps, dense_layers=parse_layers(dense_layers), estimate_precision=estimate_precision,
+            NODE_NAME, model.family.name, settings=settings, backend=backend, **floats, num_keep=num_keep,
+            use_global=use_global, sample_gap=sample_gap, dense_steps=dense_steps,
+            dense_layers=parse_layers(dense_layers), estimate_precision=estimate_precision,
         )
         return (model.with_asa(request),)
 
 
-NODES = {"BladeASA": (BladeASA, "BLADE ASA (sparse attention)")}
+NODES = {"BladeASA": (BladeASA, NODE_NAME)}

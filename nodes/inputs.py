@@ -22,3 +22,10 @@ def finite_float(value: object, name: str, node: str, spec: dict | None = None) 
     if not low <= number <= high:
         raise ValueError(f"{node}: {name}={number:g} is out of range; set {name} to a number{where}.")
     return number
+
+
+def float_inputs(cls: type, node: str, **values: object) -> dict[str, float]:
+    """:func:`finite_float` for several FLOAT inputs of node class ``cls``, each against its own INPUT_TYPES spec."""
+    types = cls.INPUT_TYPES()
+    spec = {**types.get("required", {}), **types.get("optional", {})}
+    return {name: finite_float(value, name, node, spec[name][1]) for name, value in values.items()}

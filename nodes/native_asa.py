@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from .asa import ESTIMATE_INPUT, asa_inputs, asa_request, parse_layers
+from .inputs import float_inputs
 from .native_attention import PATCH_KEY, NativeASAState, grid_wrapper, put_on_top
 from .types import CATEGORY
 
@@ -115,6 +116,9 @@ class BladeNativeASA:
     ):
         from ..blade_ops.attention.backends import get_backend
 
+        floats = float_inputs(BladeNativeASA, NODE_NAME, tau=tau, min_ratio=min_ratio, max_ratio=max_ratio,
+                              start_percent=start_percent, end_percent=end_percent)
+        start_percent, end_percent = floats.pop("start_percent"), floats.pop("end_percent")
         diffusion_model = require_wan(model, NODE_NAME)
         blocks = parse_layers(dense_blocks, "dense_blocks")
         num_blocks = len(diffusion_model.blocks)
@@ -123,14 +127,11 @@ class BladeNativeASA:
                 f"{NODE_NAME}: dense_blocks {[i for i in blocks if i >= num_blocks]} out of range for a model with "
                 f"{num_blocks} blocks (valid: 0..{num_blocks - 1})."
             )
-        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-            if not 0.0 <= value <= 1.0:  # also refuses NaN
-                raise ValueError(f"{NODE_NAME}: {name}={value!r} must lie in [0, 1].")
         if start_percent > end_percent:
             raise ValueError(f"{NODE_NAME}: start_percent={start_percent} must be <= end_percent={end_percent}.")
         request = asa_request(
-            NODE_NAME, "wan", settings=settings, backend=backend, tau=tau, min_ratio=min_ratio, max_ratio=max_ratio,
-            num_keep=num_keep, use_global=use_global, sample_gap=sample_gap, dense_steps=dense_steps,
+            NODE_NAME, "wan", settings=settings, backend=backend, **floats, num_keep=num_keep,
+            use_global=use_global, sample_gap=sample_gap, dense_steps=dense_steps,
             dense_layers=blocks, estimate_precision=estimate_precision,
         )
         if backend != "auto":

@@ -12,11 +12,11 @@ patches. A LoRA of which any module has no place in the model is refused whole, 
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
 from . import comfy_bridge as bridge
+from .inputs import float_inputs
 from .native_asa import require_wan
 from .native_attention import LORA_SETTINGS_KEY
 from .types import CATEGORY
@@ -114,8 +114,7 @@ class BladeNativeLoRA:
     def patch(self, model, lora_name: str, strength: float = 1.0):
         from ..blade_ops.lora import read_lora
 
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
-            raise ValueError(f"{NODE_NAME}: strength={strength!r} must be a finite number.")
+        strength = float_inputs(BladeNativeLoRA, NODE_NAME, strength=strength)["strength"]
         require_wan(model, NODE_NAME)
         path = bridge.resolve_model_path(lora_name, "loras")
         lora = read_lora(path)

@@ -10,6 +10,7 @@ BLADE UniPC provides as a SAMPLER.
 
 from __future__ import annotations
 
+from .inputs import float_inputs
 from .types import CATEGORY
 
 NODE_NAME = "BLADE Schedule (sigmas)"
@@ -44,9 +45,8 @@ class BladeSchedule:
         from ..blade_ops.families import WAN
         from ..blade_ops.sampling import flow_sigmas
 
-        if not isinstance(shift, (int, float)) or not 0.0 < shift < float("inf"):
-            raise ValueError(f"{NODE_NAME}: shift={shift!r} must be a positive finite number.")
-        return (flow_sigmas("blade", WAN, steps=int(steps), shift=float(shift)),)
+        shift = float_inputs(BladeSchedule, NODE_NAME, shift=shift)["shift"]
+        return (flow_sigmas("blade", WAN, steps=int(steps), shift=shift),)
 
 
 class BladeUniPCSampler:

@@ -1,7 +1,6 @@
 """Contract: every FLOAT input refuses NaN and infinities at the node that holds it, with that node's name and the
 input's name in the message, before anything else runs; the loaders' messages name only the node's own inputs (no
-Python arguments such as vae_path= or config=, no function names). BLADE ASA validates its own inputs (nodes/asa.py)
-and is left out here."""
+Python arguments such as vae_path= or config=, no function names)."""
 
 from __future__ import annotations
 
@@ -15,11 +14,9 @@ from safetensors.torch import save_file
 
 
 def _float_inputs(pack):
-    """(node id, display name, class, input name, options) of every FLOAT input outside nodes/asa.py."""
+    """(node id, display name, class, input name, options) of every FLOAT input of every node."""
     found = []
     for node, cls in sorted(pack.NODE_CLASS_MAPPINGS.items()):
-        if cls.__module__.endswith(".asa"):
-            continue
         spec = cls.INPUT_TYPES()
         for section in ("required", "optional"):
             for name, item in spec.get(section, {}).items():
@@ -30,7 +27,9 @@ def _float_inputs(pack):
 
 def test_the_float_inputs_are_found(pack):
     names = {(node, name) for node, _, _, name, _ in _float_inputs(pack)}
-    assert {("BladeSampler", "guidance"), ("BladeLoraLoader", "strength"), ("BladeSaveVideo", "fps")} <= names
+    assert {("BladeSampler", "guidance"), ("BladeLoraLoader", "strength"), ("BladeSaveVideo", "fps"),
+            ("BladeASA", "max_ratio"), ("BladeNativeASA", "start_percent"), ("BladeNativeLoRA", "strength"),
+            ("BladeSchedule", "shift")} <= names
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])

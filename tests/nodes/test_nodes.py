@@ -123,7 +123,7 @@ def _family(name):
 
 
 def test_asa_rejects_nan_with_the_input_name(nodes, wan):
-    with pytest.raises(ValueError, match="BLADE ASA: max_ratio=nan"):
+    with pytest.raises(ValueError, match=r"BLADE ASA \(sparse attention\): max_ratio is nan"):
         nodes["BladeASA"]().patch(wan, "custom (values below)", "torch", 0.95, 0.05, float("nan"), 32, True, 30, 0, "")
 
 
