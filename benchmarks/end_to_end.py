@@ -150,7 +150,7 @@ def compiled_graphs() -> int:
 def run_preset(bundle: ModelBundle, preset: str, size: dict, steps: int | None, args) -> dict:
     family = bundle.family
     p = get_preset(preset)
-    guidance = Guidance(p.guidance[family.name], p.dynamic_guidance[family.name])
+    guidance = Guidance(p.guidance(family), p.dynamic_guidance(family))
     negative = family.default_negative_prompt
 
     def once(n_steps):

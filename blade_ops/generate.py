@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 # Only torch-free modules here: --help and every argument error answer before torch is imported (seconds), and
 # every request field is checked before any weights load (minutes for a real model).
-from .families import check_video_size, get_family
+from .families import WAN, check_video_size, family_names, get_family
 from .validation import (
     DTYPE_NAMES,
     PRESET_NAMES,
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--text-encoder",
         help="text encoder: diffusers folder or text_encoders .safetensors file (with --transformer, unless --model)",
     )
-    src.add_argument("--family", choices=["wan", "cogvideox"], help="model family (detected when omitted)")
+    src.add_argument("--family", choices=family_names(), help="model family (detected when omitted)")
     src.add_argument("--demo", action="store_true", help="use a tiny random Wan model (no weights; for smoke tests)")
     src.add_argument("--lora", help="BLADE LoRA file (.safetensors)")
     src.add_argument("--lora-strength", type=float, default=1.0)
@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
+DEMO_FAMILY = WAN  # --demo builds a tiny model of this family
+
 
 def load_bundle(args: argparse.Namespace, dtype: torch.dtype, device: torch.device) -> ModelBundle:
     """The model the arguments name: --demo, --model folder and/or single files."""
@@ -105,9 +107,9 @@ def load_bundle(args: argparse.Namespace, dtype: torch.dtype, device: torch.devi
         from .models.bundle import ModelBundle
         from .models.tiny import tiny_components
 
-        parts = tiny_components("wan", seed=0)
+        parts = tiny_components(DEMO_FAMILY.name, seed=0)
         scheduler = parts.pop("scheduler")
-        return ModelBundle(family=get_family("wan"), scheduler_config=dict(scheduler.config), variant="tiny-demo",
+        return ModelBundle(family=DEMO_FAMILY, scheduler_config=dict(scheduler.config), variant="tiny-demo",
                            sources={"demo": "blade_ops.models.tiny"}, **parts)
     from .models import load_model_bundle
 
@@ -122,7 +124,7 @@ def load_bundle(args: argparse.Namespace, dtype: torch.dtype, device: torch.devi
 def _demo_defaults(args: argparse.Namespace) -> None:
     from .models.tiny import tiny_video_size
 
-    for key, value in tiny_video_size("wan").items():
+    for key, value in tiny_video_size(DEMO_FAMILY.name).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
 
@@ -131,9 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the arguments without importing torch; errors are ValueError/FileNotFoundError/... ."""
     args = build_parser().parse_args(argv)
     if args.demo:
-        if args.family not in (None, "wan"):
+        if args.family not in (None, DEMO_FAMILY.name):
             raise ValueError(f"--demo builds a tiny Wan model; --family {args.family} does not apply to it.")
-        args.family = "wan"
+        args.family = DEMO_FAMILY.name
         args.prompt = args.prompt or ["a red ball bouncing on a green street"]
     elif not args.model and not args.transformer:
         raise ValueError(

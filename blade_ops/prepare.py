@@ -35,7 +35,7 @@ RUN_FIELDS = ("dense_steps", "dense_layers", "estimate_precision")  # always the
 class AsaRequest:
     """What a caller asks of ASA: a config, where the selection settings come from, and a kernel backend."""
 
-    family: str  # "wan" or "cogvideox": whose paper settings "family" (and "lora" without metadata) means
+    family: str  # a family name: whose paper settings "family" (and "lora" without metadata) means
     config: ASAConfig  # the custom settings, and the source of RUN_FIELDS whatever ``source`` says
     backend: str = "auto"
     source: str = "lora"

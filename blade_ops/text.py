@@ -10,9 +10,7 @@ These match diffusers' WanPipeline / CogVideoXPipeline, so embeddings computed h
 
 from __future__ import annotations
 
-import html
 import logging
-import re
 from dataclasses import dataclass
 
 import torch
@@ -21,25 +19,9 @@ from .models.bundle import ModelBundle
 
 logger = logging.getLogger(__name__)
 
-try:  # optional, as in the Wan reference: repairs mojibake in user prompts
-    import ftfy
-except ImportError:
-    ftfy = None
-
-
-def clean_prompt(text: str) -> str:
-    """Wan's prompt clean-up: fix text (ftfy if installed), unescape HTML twice, collapse whitespace."""
-    if ftfy is not None:
-        text = ftfy.fix_text(text)
-    text = html.unescape(html.unescape(text)).strip()
-    return re.sub(r"\s+", " ", text).strip()
-
-
 def text_sequence_length(bundle: ModelBundle) -> int:
     """Tokens per prompt the model expects: Wan 512; CogVideoX its transformer's max_text_seq_length (226)."""
-    if bundle.family.name == "cogvideox" and bundle.transformer is not None:
-        return int(getattr(bundle.transformer.config, "max_text_seq_length", bundle.family.max_text_tokens))
-    return bundle.family.max_text_tokens
+    return bundle.family.text_length(bundle.transformer)
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:
@@ -57,9 +39,7 @@ def encode_text(bundle: ModelBundle, prompts: list[str], *, max_length: int | No
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"prompts must be a list of strings, got {prompts!r}.")
     length = max_length or text_sequence_length(bundle)
-    wan = bundle.family.name == "wan"
-    if wan:
-        prompts = [clean_prompt(p) for p in prompts]
+    prompts = bundle.family.clean_prompts(prompts)
     tokens = bundle.tokenizer(
         prompts,
         padding="max_length",
@@ -74,13 +54,7 @@ def encode_text(bundle: ModelBundle, prompts: list[str], *, max_length: int | No
     full = bundle.tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
     if full.shape[-1] > length:
         logger.warning("A prompt is longer than %d tokens and was truncated.", length)
-    if wan:
-        hidden = bundle.text_encoder(ids, mask).last_hidden_state
-        keep = mask.gt(0).unsqueeze(-1)  # [B, L, 1]: the true length of each prompt
-        hidden = hidden * keep
-    else:
-        hidden = bundle.text_encoder(ids)[0]
-    return hidden.float()
+    return bundle.family.encode_text(bundle.text_encoder, ids, mask).float()
 
 
 @dataclass

@@ -18,12 +18,13 @@ from contextlib import contextmanager
 
 import torch
 
+from ..blade_ops.families import family_names
 from . import comfy_bridge as bridge
 from .types import BLADE_MODEL, BLADE_TEXT_ENCODER, BLADE_VAE, CATEGORY, BladeModel
 
 log = logging.getLogger(__name__)
 
-FAMILY_CHOICES = ["auto", "wan", "cogvideox"]
+FAMILY_CHOICES = ["auto", *family_names()]
 DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
@@ -93,9 +94,12 @@ def _load_text_encoder_file(path, family: str, dtype: str):
     with _in_node_terms():
         encoder, tokenizer, found = load_text_encoder_file(path, dtype=torch_dtype, device="cpu")
     if family != "auto" and family != found:
-        kinds = {"wan": "UMT5 (e.g. umt5_xxl_fp16.safetensors)", "cogvideox": "T5 v1.1 XXL (e.g. t5xxl_fp16)"}
-        raise ValueError(f"{path.name} is a {kinds[found]} encoder, which is {found}'s; {family} needs "
-                         f"{kinds[family]}. Pick another file or set family to auto.")
+        kinds = {"UMT5EncoderModel": "UMT5 (e.g. umt5_xxl_fp16.safetensors)",
+                 "T5EncoderModel": "T5 v1.1 XXL (e.g. t5xxl_fp16)"}
+        found_kind = kinds[get_family(found).text_encoder_classes[0]]
+        wanted_kind = kinds[get_family(family).text_encoder_classes[0]]
+        raise ValueError(f"{path.name} is a {found_kind} encoder, which is {found}'s; {family} needs "
+                         f"{wanted_kind}. Pick another file or set family to auto.")
     return ModelBundle(get_family(found), text_encoder=encoder, tokenizer=tokenizer, dtype=torch_dtype,
                        sources={"text_encoder": str(path), "tokenizer": str(path)})
 

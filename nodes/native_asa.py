@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from ..blade_ops.families import WAN
 from .asa import ESTIMATE_INPUT, asa_inputs, asa_request, parse_layers
 from .inputs import float_inputs
 from .native_attention import PATCH_KEY, NativeASAState, grid_wrapper, put_on_top
@@ -130,7 +131,7 @@ class BladeNativeASA:
         if start_percent > end_percent:
             raise ValueError(f"{NODE_NAME}: start_percent={start_percent} must be <= end_percent={end_percent}.")
         request = asa_request(
-            NODE_NAME, "wan", settings=settings, backend=backend, **floats, num_keep=num_keep,
+            NODE_NAME, WAN.name, settings=settings, backend=backend, **floats, num_keep=num_keep,
             use_global=use_global, sample_gap=sample_gap, dense_steps=dense_steps,
             dense_layers=blocks, estimate_precision=estimate_precision,
         )

@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from ..blade_ops.families import WAN, family_names
 from . import comfy_bridge as bridge
 from .types import BLADE_EMBEDS, BLADE_TEXT_ENCODER, CATEGORY
 
@@ -100,8 +101,9 @@ class BladeConditioningToEmbeds:
             "required": {
                 "positive": ("CONDITIONING", {"tooltip": "From CLIPTextEncode with a Wan (UMT5) text encoder."}),
                 "family": (
-                    ["wan", "cogvideox"],
-                    {"default": "wan", "tooltip": "Model family the embeddings are for; sets the padded length."},
+                    family_names(),
+                    {"default": WAN.name,
+                     "tooltip": "Model family the embeddings are for; sets the padded length."},
                 ),
             },
             "optional": {
@@ -112,7 +114,7 @@ class BladeConditioningToEmbeds:
             },
         }
 
-    def convert(self, positive: list, family: str = "wan", negative: list | None = None) -> tuple:
+    def convert(self, positive: list, family: str = WAN.name, negative: list | None = None) -> tuple:
         from ..blade_ops.families import get_family
         from ..blade_ops.text import PromptEmbeds
 

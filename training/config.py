@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-FAMILY_NAMES = ("wan", "cogvideox")
+from blade_ops.families import family_names, get_family
+
+FAMILY_NAMES = tuple(family_names())
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 ATTENTION_BACKENDS = ("auto", "flex", "block_sparse_attn", "torch")
 
@@ -23,7 +25,7 @@ class DistillConfig:
 
     # --- what to distil -----------------------------------------------------------------------------------------
     model: str = ""  # diffusers folder (or single file) of the base model; the teacher is this model, dense
-    family: str = ""  # "wan" or "cogvideox"; empty: read from the model folder
+    family: str = ""  # a family name (blade_ops.families); empty: read from the model folder
     prompt_embeddings: str = ""  # folder written by `python -m training.encode_prompts`
     output_dir: str = "outputs/distill"
 
@@ -128,16 +130,16 @@ class DistillConfig:
 
     # ---- derived values --------------------------------------------------------------------------------------
     def teacher_guidance(self, family: str) -> float:
-        """Teacher CFG scale: Wan 5.0 (with the Wan negative prompt), CogVideoX 3.5 (with " ")."""
+        """Teacher CFG scale: the family adapter's (Wan 5.0 with the Wan negative prompt, CogVideoX 3.5)."""
         if self.guidance_scale >= 0:
             return self.guidance_scale
-        return 5.0 if family == "wan" else 3.5
+        return get_family(family).teacher_guidance
 
     def reg_weight(self, family: str) -> float:
         """Weight of the fake score's pull towards the teacher: Wan 0, CogVideoX 0.5 (the authors' settings)."""
         if self.lambda_reg >= 0:
             return self.lambda_reg
-        return 0.0 if family == "wan" else 0.5
+        return get_family(family).teacher_regularisation
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

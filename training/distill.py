@@ -254,7 +254,7 @@ class Distiller:
                     x0_teacher = self._teacher_x0(x_t, t, text)
                     x0_fake = self.param.to_x0_eps(x_t.float(), self._predict(FAKE, x_t, t, text), t)[0]
                 loss = tdm.student_loss(
-                    x0, x0_teacher, x0_fake, self.huber_c, normalize=self.family.name == "cogvideox"
+                    x0, x0_teacher, x0_fake, self.huber_c, normalize=self.family.normalised_student_loss
                 )
                 # Gradient checkpointing recomputes the student's blocks during backward: its adapter and ASA
                 # processors must be active again (the teacher and fake score ran in between).

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from blade_ops.families import FamilySpec
-from blade_ops.pipeline.latents import cogvideox_rotary
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +113,7 @@ class TDMModels(nn.Module):
 
     def forward(self, role: str, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         self.set_role(role)
-        kwargs = {}
-        if self.family.name == "cogvideox":
-            kwargs["image_rotary_emb"] = cogvideox_rotary(self.transformer, x)
+        kwargs = self.family.transformer_kwargs(self.transformer, x)  # e.g. CogVideoX's rotary tables
         dtype = self.base_dtype
         out = self.transformer(
             hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=text.to(dtype), return_dict=False, **kwargs

@@ -2,7 +2,7 @@
 
 Public API::
 
-    handle = install_asa(transformer, ASAConfig.for_family("wan"), backend="auto")
+    handle = install_asa(transformer, ASAConfig.for_family(WAN), backend="auto")
     handle.set_step(i)            # before each sampling step (dense for i < config.dense_steps)
     handle.layer_density()        # {layer: kept-block fraction} of the last forward
     remove_asa(transformer)       # original processors back

@@ -81,18 +81,11 @@ class ASAConfig:
         return max(self.min_blocks(num_key_blocks), hi)
 
     @classmethod
-    def for_family(cls, family: str, **overrides: Any) -> ASAConfig:
-        """The authors' settings for a model family ("wan" or "cogvideox"), with optional overrides."""
-        key = family.lower().replace("-", "").replace("_", "")
-        if key.startswith("wan"):
-            # Wan2.1: 32,760 tokens, 256 key blocks; 0.17 keeps <= 44 blocks, sample_gap 30 adds 1/30 pooled keys.
-            preset: dict[str, Any] = dict(min_ratio=0.05, max_ratio=0.17, sample_gap=30)
-        elif key.startswith("cogvideo"):
-            # CogVideoX-5B: 17,550 video + 226 text tokens; longer-range motion needs denser pooling (gap 15)
-            # and the larger model tolerates a tighter cap (0.10).
-            preset = dict(min_ratio=0.05, max_ratio=0.10, sample_gap=15)
-        else:
-            raise ValueError(f"Unknown model family {family!r}; valid families: 'wan', 'cogvideox'.")
+    def for_family(cls, family: Any, **overrides: Any) -> ASAConfig:
+        """The authors' settings for a model family (a name or a family adapter), with optional overrides."""
+        from ..families import get_family
+
+        preset: dict[str, Any] = dict(get_family(family).asa_preset)
         preset.update(overrides)
         return cls(**preset)
 

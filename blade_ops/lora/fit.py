@@ -16,13 +16,13 @@ _SHOW = 5  # how many offending keys an error lists
 
 
 def model_family(transformer: nn.Module) -> str:
-    """"wan" or "cogvideox" for the diffusers video transformers, else the class name."""
-    name = type(transformer).__name__
-    if name.startswith("Wan"):
-        return "wan"
-    if name.startswith("CogVideoX"):
-        return "cogvideox"
-    return name
+    """The family name of a supported video transformer, else its class name."""
+    from ..families import family_of_transformer
+
+    try:
+        return family_of_transformer(transformer).name
+    except ValueError:
+        return type(transformer).__name__
 
 
 def model_width(transformer: nn.Module) -> int | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..families import FAMILIES
 from ..finite import check_finite
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class LoRAInfo:
     """What a LoRA file says about itself (safetensors metadata) and what its tensors show."""
 
     source_format: str  # one of SOURCE_FORMATS
-    family: str | None  # what the keys look like: "wan", "cogvideox", another model's label, or None
+    family: str | None  # what the keys look like: a family name, another model's label, or None
     rank: int | None  # most common rank over the modules
     alpha: float | None  # file-level alpha (metadata or most common ``.alpha``); None means alpha == rank
     base_model: str | None = None
@@ -320,26 +321,19 @@ _OTHER_FAMILIES = (
     ("Flux/SD3", re.compile(r"transformer_blocks\.\d+\.attn\.(to_|add_)")),
     ("LTX-Video", re.compile(r"transformer_blocks\.\d+\.attn2\.")),
 )
-_WAN_KEYS = re.compile(r"(^|\.)blocks\.\d+\.(attn1|attn2|ffn|self_attn|cross_attn)\.")
-_COG_KEYS = re.compile(r"(^|\.)transformer_blocks\.\d+\.(attn1|ff|norm1)\.")
-
 # Model width -> name, per family, to say which checkpoint a LoRA was made for.
-KNOWN_DIMS: dict[str, dict[int, str]] = {
-    "wan": {1536: "Wan2.1 1.3B", 5120: "Wan 14B", 3072: "Wan2.2 5B"},
-    "cogvideox": {1920: "CogVideoX-2B", 3072: "CogVideoX-5B"},
-}
-FAMILY_LABELS = {"wan": "Wan", "cogvideox": "CogVideoX"}
+KNOWN_DIMS: dict[str, dict[int, str]] = {name: dict(f.known_widths) for name, f in FAMILIES.items()}
+FAMILY_LABELS = {name: f.short_label for name, f in FAMILIES.items()}
 
 
 def guess_family(keys: list[str] | tuple[str, ...]) -> str | None:
-    """Which model a LoRA's keys look like: "wan", "cogvideox", another model's label, or None."""
+    """Which model a LoRA's keys look like: a family name, another model's label, or None."""
     for label, pattern in _OTHER_FAMILIES:
         if any(pattern.search(k) for k in keys):
             return label
-    if any(_WAN_KEYS.search(k) for k in keys):
-        return "wan"
-    if any(_COG_KEYS.search(k) for k in keys):
-        return "cogvideox"
+    for family in FAMILIES.values():
+        if any(family.lora_keys.search(k) for k in keys):
+            return family.name
     return None
 
 

@@ -10,13 +10,11 @@ from ..families import get_family
 
 STUDENT_RANK = 64
 STUDENT_ALPHA = 64.0
-_ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def lora_target_modules(family: str) -> list[str]:
-    """peft ``target_modules`` (module-name suffixes) of the student LoRA for a family ("wan" or "cogvideox")."""
-    get_family(family)  # validates the name
-    return list(_ATTENTION_PROJECTIONS)
+    """peft ``target_modules`` (module-name suffixes) of the student LoRA for a family (its adapter's)."""
+    return list(get_family(family).lora_targets)
 
 
 def student_lora_config(family: str, rank: int = STUDENT_RANK, alpha: float = STUDENT_ALPHA):

@@ -8,7 +8,7 @@ Public API::
     load_transformer(path, *, family=None, config=None, variant=None, dtype=torch.bfloat16, device="cpu")
     load_vae(path, *, family=None, config=None, variant=None, dtype=torch.bfloat16, device="cpu")
     load_text_encoder(path, *, dtype=torch.bfloat16, device="cpu") -> (encoder, tokenizer)
-    detect_family(path) -> "wan" | "cogvideox";  detect_variant(path) -> str | None
+    detect_family(path) -> a family name;  detect_variant(path) -> str | None
     available_variants() -> {name: description}
     place(module, device), on_device(module, device, offload="model")   # see placement.py
 

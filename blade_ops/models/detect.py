@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..families import COGVIDEOX, WAN, get_family
+
 # Prefixes under which a part may be stored; the empty prefix comes last so a prefixed subset wins.
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "model.", "")
 VAE_PREFIXES = ("first_stage_model.", "vae.", "")
@@ -17,7 +19,7 @@ VAE_PREFIXES = ("first_stage_model.", "vae.", "")
 
 @dataclass(frozen=True)
 class Sniff:
-    """What a file holds: ``family`` ("wan"/"cogvideox"), ``part`` ("transformer"/"vae"), key ``layout``."""
+    """What a file holds: ``family`` (a family name), ``part`` ("transformer"/"vae"), key ``layout``."""
 
     family: str
     part: str
@@ -26,8 +28,7 @@ class Sniff:
 
     @property
     def description(self) -> str:
-        names = {"wan": "Wan2.1", "cogvideox": "CogVideoX"}
-        return f"{names.get(self.family, self.family)} {self.part} ({self.layout} key layout)"
+        return f"{get_family(self.family).label} {self.part} ({self.layout} key layout)"
 
 
 def _has(keys: set[str], prefix: str, *names: str) -> bool:
@@ -37,37 +38,40 @@ def _has(keys: set[str], prefix: str, *names: str) -> bool:
 _SIGNATURES: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (
     # family, part, layout, required keys, prefixes
     (
-        "wan",
+        WAN.name,
         "transformer",
         "original",
         ("patch_embedding.weight", "blocks.0.self_attn.q.weight"),
         TRANSFORMER_PREFIXES,
     ),
     (
-        "wan",
+        WAN.name,
         "transformer",
         "diffusers",
         ("patch_embedding.weight", "condition_embedder.time_embedder.linear_1.weight"),
         TRANSFORMER_PREFIXES,
     ),
     (
-        "cogvideox",
+        COGVIDEOX.name,
         "transformer",
         "diffusers",
         ("patch_embed.proj.weight", "patch_embed.text_proj.weight", "transformer_blocks.0.norm1.linear.weight"),
         TRANSFORMER_PREFIXES,
     ),
     (
-        "cogvideox",
+        COGVIDEOX.name,
         "transformer",
         "sat",
         ("mixins.patch_embed.proj.weight", "transformer.layers.0.attention.query_key_value.weight"),
         TRANSFORMER_PREFIXES,
     ),
-    ("wan", "vae", "original", ("decoder.middle.0.residual.0.gamma", "encoder.conv1.weight"), VAE_PREFIXES),
-    ("wan", "vae", "diffusers", ("decoder.mid_block.resnets.0.norm1.gamma", "encoder.conv_in.weight"), VAE_PREFIXES),
+    (WAN.name, "vae", "original", ("decoder.middle.0.residual.0.gamma", "encoder.conv1.weight"), VAE_PREFIXES),
     (
-        "cogvideox",
+        WAN.name, "vae", "diffusers", ("decoder.mid_block.resnets.0.norm1.gamma", "encoder.conv_in.weight"),
+        VAE_PREFIXES,
+    ),
+    (
+        COGVIDEOX.name,
         "vae",
         "diffusers",
         (

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import torch
 
-from ..families import FAMILIES, get_family
+from ..families import FAMILIES, WAN, get_family
 from ..finite import check_finite_module
 from ..validation import DTYPE_NAMES
-from . import keymaps
 from .bundle import ModelBundle
 from .detect import Sniff, describe_foreign, sniff
 from .files import PICKLE_SUFFIXES, load_tensors, read_header, read_shapes
@@ -51,17 +50,19 @@ DEFAULT_PARTS = ("transformer", "vae", "text_encoder", "tokenizer")
 ALL_PARTS = DEFAULT_PARTS + ("scheduler",)
 DTYPES = {name: getattr(torch, torch_name) for name, torch_name in DTYPE_NAMES.items()}  # "bf16" and "bfloat16"
 
-PIPELINE_CLASSES = {"WanPipeline": "wan", "CogVideoXPipeline": "cogvideox"}
+# diffusers / transformers class names each family adapter names, by role
+PIPELINE_CLASSES = {c: f.name for f in FAMILIES.values() for c in f.pipeline_classes}
 MODEL_CLASSES = {
-    "WanTransformer3DModel": ("wan", "transformer"),
-    "AutoencoderKLWan": ("wan", "vae"),
-    "CogVideoXTransformer3DModel": ("cogvideox", "transformer"),
-    "AutoencoderKLCogVideoX": ("cogvideox", "vae"),
+    c: (f.name, part)
+    for f in FAMILIES.values()
+    for part, classes in (("transformer", f.transformer_classes), ("vae", f.vae_classes))
+    for c in classes
 }
-TEXT_ENCODER_CLASSES = {"UMT5EncoderModel": "wan", "T5EncoderModel": "cogvideox"}
+TEXT_ENCODER_CLASSES = {c: f.name for f in FAMILIES.values() for c in f.text_encoder_classes}
 _CLASS_FOR = {v: k for k, v in MODEL_CLASSES.items()}
-# The pack's own model classes a folder may name (``_class_name``): (family, part, module).
-PACK_MODEL_CLASSES = {"PixelVAE": ("wan", "vae", "blade_ops.models.pixel_vae")}
+# The pack's own model classes a folder may name (``_class_name``): (family, part, module). The toy domain's
+# pixel VAE stands in for the VAE of a Wan-architecture model.
+PACK_MODEL_CLASSES = {"PixelVAE": (WAN.name, "vae", "blade_ops.models.pixel_vae")}
 
 PathLike = str | Path
 ConfigLike = dict | str | Path | None
@@ -240,13 +241,10 @@ def _part_keys(shapes: dict, found: Sniff) -> list[str]:
 def _to_diffusers(found: Sniff, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if found.layout == "diffusers":
         return state_dict
-    if (found.family, found.part) == ("wan", "transformer"):
-        return keymaps.wan_transformer_to_diffusers(state_dict)
-    if (found.family, found.part) == ("wan", "vae"):
-        return keymaps.wan_vae_to_diffusers(state_dict)
-    if (found.family, found.part) == ("cogvideox", "transformer"):
-        return keymaps.cogvideox_sat_to_diffusers(state_dict)
-    raise ValueError(f"no converter for a {found.description}")
+    converted = get_family(found.family).to_diffusers_keys(found.part, found.layout, state_dict)
+    if converted is None:
+        raise ValueError(f"no converter for a {found.description}")
+    return converted
 
 
 def _find_part(path: Path, keys, part: str, family: str | None) -> Sniff:
@@ -264,7 +262,8 @@ def _find_part(path: Path, keys, part: str, family: str | None) -> Sniff:
         raise ValueError(
             f"{path} holds a {other.description}, not a {part}; load it with load_{other.part}() instead."
         )
-    want = "Wan2.1 or CogVideoX" if family is None else {"wan": "Wan2.1", "cogvideox": "CogVideoX"}[family]
+    labels = [f.label for f in FAMILIES.values()]
+    want = " or ".join(labels) if family is None else get_family(family).label
     example = {
         "transformer": "'blocks.0.self_attn.q.weight' (Wan) or 'transformer_blocks.0.attn1.to_q.weight' (CogVideoX)",
         "vae": "'decoder.middle.0.residual.0.gamma' (Wan) or 'decoder.conv_in.conv.weight' (CogVideoX)",
@@ -444,7 +443,7 @@ def _load_part(
 
 # ------------------------------------------------------------------------------------------------ public
 def detect_family(path: PathLike) -> str:
-    """ "wan" or "cogvideox" for a diffusers folder (model_index.json / config.json) or a safetensors file."""
+    """The family name of a diffusers folder (model_index.json / config.json) or a safetensors file."""
     path = Path(path).expanduser()
     if path.is_dir():
         return _classify_folder(path)[1]

@@ -91,8 +91,13 @@ def encoder_config(
 
 
 def family_of_encoder(kind: str) -> str:
-    """Wan uses UMT5, CogVideoX T5 v1.1."""
-    return "wan" if kind == "umt5" else "cogvideox"
+    """The family whose text encoder this is (Wan uses UMT5, CogVideoX T5 v1.1), by the family adapters."""
+    from ..families import family_of_text_encoder
+
+    family = family_of_text_encoder({"umt5": "UMT5EncoderModel", "t5": "T5EncoderModel"}[kind])
+    if family is None:
+        raise ValueError(f"No supported model family uses a {kind} text encoder.")
+    return family.name
 
 
 def _fp32_modules(model_cls, dtype: torch.dtype) -> frozenset[str]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..families import get_family
+
 TINY_VOCAB_WORDS = (
     "a an the of and in on with to at over under red green blue yellow white black orange purple cyan magenta "
     "circle square triangle ball box star cat dog bird car tree river city sky sea mountain forest street "
@@ -39,73 +41,36 @@ def build_word_tokenizer(words: tuple[str, ...] | list[str] = TINY_VOCAB_WORDS):
 
 
 def tiny_text_encoder(family: str, vocab_size: int, seed: int = 0, d_model: int = 32):
-    """UMT5 (Wan) or T5 (CogVideoX) encoder with two layers."""
-    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+    """The family's text encoder class (UMT5 for Wan, T5 for CogVideoX) with two layers."""
+    import transformers
 
+    encoder_class = get_family(family).text_encoder_classes[0]
+    config_class = getattr(transformers, encoder_class.replace("EncoderModel", "Config"))
     torch.manual_seed(seed)
     kwargs = dict(
         vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
         feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )
-    if family == "wan":
-        return UMT5EncoderModel(UMT5Config(**kwargs)).eval()
-    return T5EncoderModel(T5Config(**kwargs)).eval()
+    return getattr(transformers, encoder_class)(config_class(**kwargs)).eval()
 
 
 def tiny_transformer_config(family: str, text_dim: int = 32) -> dict:
     """Transformer config with the real architecture at toy width (2 layers, 2 heads)."""
-    if family == "wan":
-        return dict(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-            text_dim=text_dim, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-        )
-    if family == "cogvideox":
-        # CogVideoX-5B layout (rotary positions, no learned positional table) at toy width.
-        return dict(
-            num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16, time_embed_dim=8,
-            text_embed_dim=text_dim, num_layers=2, sample_width=8, sample_height=8, sample_frames=9,
-            patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16,
-            use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
-        )
-    raise ValueError(f"Unknown family {family!r}; valid: 'wan', 'cogvideox'.")
+    return get_family(family).tiny_transformer_config(text_dim)
 
 
 def tiny_transformer(family: str, seed: int = 0, text_dim: int = 32):
-    from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    cls = WanTransformer3DModel if family == "wan" else CogVideoXTransformer3DModel
-    return cls(**tiny_transformer_config(family, text_dim)).eval()
+    return get_family(family).tiny_transformer(seed, text_dim)
 
 
 def tiny_vae(family: str, seed: int = 0):
-    from diffusers import AutoencoderKLCogVideoX, AutoencoderKLWan
-
-    torch.manual_seed(seed)
-    if family == "wan":
-        return AutoencoderKLWan(
-            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-        ).eval()
-    return AutoencoderKLCogVideoX(
-        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=2,
-        down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8), temporal_compression_ratio=4,
-    ).eval()
+    return get_family(family).tiny_vae(seed)
 
 
 def tiny_scheduler(family: str):
     """The family's stock baseline scheduler (Wan: UniPC flow shift 3; CogVideoX: DPM)."""
-    from diffusers import CogVideoXDPMScheduler, UniPCMultistepScheduler
-
-    if family == "wan":
-        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    return CogVideoXDPMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
-        rescale_betas_zero_snr=True, snr_shift_scale=1.0, timestep_spacing="trailing", clip_sample=False,
-        set_alpha_to_one=True,
-    )
+    return get_family(family).tiny_scheduler()
 
 
 def tiny_components(family: str, seed: int = 0) -> dict:
@@ -122,17 +87,16 @@ def tiny_components(family: str, seed: int = 0) -> dict:
 
 def save_tiny_diffusers_folder(family: str, path: str | Path, seed: int = 0) -> Path:
     """Write a diffusers-format folder (model_index.json + one subfolder per part, safetensors only)."""
-    from diffusers import CogVideoXPipeline, WanPipeline
+    import diffusers
 
     path = Path(path)
     parts = tiny_components(family, seed)
-    pipe_cls = WanPipeline if family == "wan" else CogVideoXPipeline
-    pipe = pipe_cls(**parts)
-    pipe.save_pretrained(path, safe_serialization=True)
+    pipeline = getattr(diffusers, get_family(family).pipeline_classes[0])(**parts)
+    pipeline.save_pretrained(path, safe_serialization=True)
     return path
 
 
 def tiny_video_size(family: str) -> dict:
     """A small size the tiny models accept: a 2x4x4 token grid for Wan, 3x4x4 for CogVideoX."""
-    return {"width": 64, "height": 64, "frames": 5 if family == "wan" else 9}
-
+    fam = get_family(family)
+    return fam.size_dict(fam.tiny_size)

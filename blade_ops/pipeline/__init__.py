@@ -2,7 +2,7 @@
 
 from .decode import decode, unscale_latents
 from .denoise import Guidance, NonFiniteLatentsError, StepCallback, denoise
-from .latents import cogvideox_rotary, latent_grid, latent_shape, prepare_latents
+from .latents import latent_grid, latent_shape, prepare_latents
 from .presets import PRESETS, Preset, get_preset, prepare_model, preset_request
 from .request import DEFAULT_SIZES, GenerationCancelled, GenerationRequest, GenerationResult, StepInfo
 from .run import generate
@@ -21,7 +21,6 @@ __all__ = [
     "Preset",
     "StepCallback",
     "StepInfo",
-    "cogvideox_rotary",
     "decode",
     "denoise",
     "from_vae_scale",

@@ -6,7 +6,7 @@ the code outside the blocks (patch embedding, timestep and rotary embeddings, th
 the video grid) stays eager. Inside a block, inductor fuses what is not attention: norms, modulation, rotary
 embedding, projections with their bias and activation, the feed-forward network.
 
-ASA's attention call (``_ASAProcessorBase._attend``) is excluded from tracing (``torch.compiler.disable``): the
+ASA's attention call (``ASAHandle.attend``) is excluded from tracing (``torch.compiler.disable``): the
 compiled block breaks its graph there and ASA runs eagerly with its own compiled kernels (FlexAttention, Triton
 estimate). Traced, it would specialise the block per layer index and per sampling step and hit dynamo's recompile
 limit. Attention processors are attributes read at call time, so swapping them after compiling (installing or
@@ -20,6 +20,8 @@ import logging
 
 from torch import nn
 
+from ..families import family_of_transformer
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["COMPILE_MODES", "compile_transformer", "compile_vae_decoder", "is_compiled", "uncompile_vae_decoder"]
@@ -28,21 +30,18 @@ __all__ = ["COMPILE_MODES", "compile_transformer", "compile_vae_decoder", "is_co
 # graph piece around ASA's eager attention would be a separate CUDA graph whose outputs are overwritten on replay.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _OPTIONS_ATTR = "_blade_compile_options"
-_BLOCK_LISTS = {"WanTransformer3DModel": "blocks", "CogVideoXTransformer3DModel": "transformer_blocks"}
 
 
 def _blocks(transformer: nn.Module) -> nn.ModuleList:
-    """The repeated transformer blocks of a Wan (``blocks``) or CogVideoX (``transformer_blocks``) model."""
-    for cls in type(transformer).__mro__:
-        attr = _BLOCK_LISTS.get(cls.__name__)
-        if attr is not None:
-            blocks = getattr(transformer, attr, None)
-            if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
-                return blocks
-    raise ValueError(
-        f"compile_transformer supports {', '.join(_BLOCK_LISTS)} (a non-empty {' / '.join(_BLOCK_LISTS.values())} "
-        f"list); got {type(transformer).__name__}."
-    )
+    """The repeated transformer blocks, the list the model's family adapter names (``block_list``)."""
+    try:
+        family = family_of_transformer(transformer)
+    except ValueError as err:
+        raise ValueError(f"compile_transformer: {err}") from None
+    blocks = getattr(transformer, family.block_list, None)
+    if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+        return blocks
+    raise ValueError(f"compile_transformer: {type(transformer).__name__} has no non-empty {family.block_list} list.")
 
 
 def _block_compiled(block: nn.Module) -> bool:

@@ -14,7 +14,6 @@ from ..finite import count_nonfinite, is_finite
 from ..models.bundle import ModelBundle
 from ..sampling import Sampler
 from ..text import PromptEmbeds
-from .latents import cogvideox_rotary
 from .request import GenerationCancelled, StepInfo
 
 logger = logging.getLogger(__name__)
@@ -52,10 +51,9 @@ def _asa_handle(transformer: torch.nn.Module):
 
 
 def _model_output(
-    bundle: ModelBundle, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, rotary
+    bundle: ModelBundle, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, kwargs: dict
 ) -> torch.Tensor:
     dtype = bundle.transformer.dtype
-    kwargs = {"image_rotary_emb": rotary} if bundle.family.name == "cogvideox" else {}
     out = bundle.transformer(
         hidden_states=x.to(dtype), timestep=t.expand(x.shape[0]), encoder_hidden_states=embeds, return_dict=False,
         **kwargs,
@@ -129,7 +127,7 @@ def denoise(
     latents = latents.to(device=device, dtype=torch.float32)
     text = torch.cat([embeds.uncond, embeds.cond]) if guidance.enabled else embeds.cond
     text = text.to(device=device, dtype=transformer.dtype)
-    rotary = cogvideox_rotary(transformer, latents) if bundle.family.name == "cogvideox" else None
+    family_kwargs = bundle.family.transformer_kwargs(transformer, latents)  # e.g. CogVideoX's rotary tables
     asa = _asa_handle(transformer)
     timesteps = sampler.timesteps.to(device)
     total = len(timesteps)
@@ -137,7 +135,7 @@ def denoise(
         if asa is not None:
             asa.set_step(i)
         x = torch.cat([latents, latents]) if guidance.enabled else latents
-        out = _model_output(bundle, x, t, text, rotary)
+        out = _model_output(bundle, x, t, text, family_kwargs)
         if guidance.enabled:
             uncond, cond = out.chunk(2)
             out = uncond + guidance.scale_at(t.item(), total) * (cond - uncond)

@@ -20,20 +20,25 @@ class Preset:
     sampler: str
     sparse: bool  # install ASA in the transformer's self-attention
     expects_lora: bool  # the schedule only gives good videos with a BLADE LoRA applied
-    guidance: dict[str, float]  # CFG scale per family
-    dynamic_guidance: dict[str, bool]  # CogVideoX-5B's baseline ramps CFG (diffusers use_dynamic_cfg)
+    cfg: bool  # classifier-free guidance at the family's baseline scale (off: guidance 1.0)
     description: str
+
+    def guidance(self, family: FamilySpec) -> float:
+        """CFG scale of this preset for ``family`` (its baseline scale, or 1.0 without CFG)."""
+        return family.baseline_guidance if self.cfg else 1.0
+
+    def dynamic_guidance(self, family: FamilySpec) -> bool:
+        """Whether the scale ramps over the steps (CogVideoX-5B's baseline, diffusers' use_dynamic_cfg)."""
+        return self.cfg and family.baseline_dynamic_guidance
 
 
 PRESETS: dict[str, Preset] = {
     "blade": Preset(
-        "blade", "blade", sparse=True, expects_lora=True, guidance={"wan": 1.0, "cogvideox": 1.0},
-        dynamic_guidance={"wan": False, "cogvideox": False},
+        "blade", "blade", sparse=True, expects_lora=True, cfg=False,
         description="ASA sparse attention + BLADE LoRA, 8 steps, no CFG",
     ),
     "baseline": Preset(
-        "baseline", "baseline", sparse=False, expects_lora=False, guidance={"wan": 5.0, "cogvideox": 6.0},
-        dynamic_guidance={"wan": False, "cogvideox": True},
+        "baseline", "baseline", sparse=False, expects_lora=False, cfg=True,
         description="dense attention, 50 steps, CFG (Wan 5.0; CogVideoX 6.0 dynamic)",
     ),
 }
@@ -51,8 +56,8 @@ def preset_request(name: str, family: FamilySpec, prompt: str | list[str], **ove
     fields = {
         "prompt": prompt,
         "sampler": preset.sampler,
-        "guidance": preset.guidance[family.name],
-        "dynamic_guidance": preset.dynamic_guidance[family.name],
+        "guidance": preset.guidance(family),
+        "dynamic_guidance": preset.dynamic_guidance(family),
     }
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return GenerationRequest(**fields)

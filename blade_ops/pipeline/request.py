@@ -6,14 +6,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..families import FamilySpec
+from ..families import FAMILIES, FamilySpec
 from ..validation import check_eta, check_guidance, check_positive_int, check_prompts, check_seed, check_shift
 
 # Sizes each model was trained at (frames x height x width), used when a request leaves them unset.
-DEFAULT_SIZES: dict[str, dict[str, int]] = {
-    "wan": {"width": 832, "height": 480, "frames": 81},
-    "cogvideox": {"width": 720, "height": 480, "frames": 49},
-}
+DEFAULT_SIZES: dict[str, dict[str, int]] = {name: f.size_dict(f.default_size) for name, f in FAMILIES.items()}
 
 
 class GenerationCancelled(RuntimeError):

@@ -44,7 +44,7 @@ class Sampler(ABC):
 
     def parameterization(self) -> Parameterization:
         """The family's x0/eps conversion (needed by samplers that re-noise, and by training)."""
-        if self.family.name == "wan":
+        if self.family.flow_matching:
             return FlowMatching(int((self.scheduler_config or {}).get("num_train_timesteps", 1000)))
         from .schedulers import build_scheduler
 

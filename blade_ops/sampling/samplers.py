@@ -27,7 +27,7 @@ class SchedulerSampler(Sampler):
     """
 
     default_steps = 50
-    timestep_spacing: str | None = None  # None: keep the model's own
+    blade_schedule = False  # True: the timestep spacing BLADE distilled for (the family adapter's), else the model's
 
     def __init__(
         self,
@@ -43,13 +43,13 @@ class SchedulerSampler(Sampler):
             raise ValueError(f"eta={eta} applies to the 'tdm' sampler only, not to {self.name!r}.")
         overrides: dict = {}
         if shift is not None:
-            if family.name != "wan":
-                raise ValueError(f"shift={shift} applies to Wan's flow-matching schedule only, not {family.name}.")
+            if not family.flow_matching:
+                raise ValueError(f"shift={shift} applies to flow-matching schedules (Wan) only, not {family.name}.")
             if not shift > 0:
                 raise ValueError(f"shift={shift} must be positive (Wan uses 3.0 at 480p, 5.0 at 720p).")
             overrides["flow_shift"] = float(shift)
-        if self.timestep_spacing is not None and family.name == "cogvideox":
-            overrides["timestep_spacing"] = self.timestep_spacing
+        if self.blade_schedule and family.blade_timestep_spacing is not None:
+            overrides["timestep_spacing"] = family.blade_timestep_spacing
         self.scheduler = build_scheduler(family, scheduler_config, overrides=overrides)
         self.scheduler.set_timesteps(self.steps, device="cpu")
         if hasattr(self.scheduler, "set_begin_index"):
@@ -65,7 +65,7 @@ class SchedulerSampler(Sampler):
         self, i: int, model_output: torch.Tensor, latents: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         t = self.timesteps[i]
-        if self.family.name == "wan":
+        if self.family.flow_matching:
             return self.scheduler.step(model_output, t, latents, return_dict=False)[0]
         # CogVideoX DPM-Solver++(2M) needs the previous x0 and timestep, and draws fresh noise each step.
         t_back = self.timesteps[i - 1] if i > 0 else None
@@ -87,7 +87,7 @@ class BladeSampler(SchedulerSampler):
     """What BLADE LoRAs were distilled for: 8 steps, Wan UniPC shift 3.0, CogVideoX DPM trailing (no CFG)."""
 
     default_steps = 8
-    timestep_spacing = "trailing"
+    blade_schedule = True
 
 
 @register_sampler("tdm")
@@ -167,7 +167,7 @@ def flow_unipc_sample(
     wrapper (ComfyUI's samplers) step exactly as the pack does: ComfyUI's own uni_pc_bh2 is a third-order UniPC
     and tells the model sigma * 1000 unrounded.
     """
-    from ..families import WAN
+    from ..families import WAN  # flow matching is Wan's: the solver's config comes from its adapter
 
     sigmas = sigmas.detach().float().cpu()
     decreasing = sigmas.dim() == 1 and sigmas.numel() >= 2 and bool((sigmas[1:] < sigmas[:-1]).all())

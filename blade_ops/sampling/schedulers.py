@@ -11,35 +11,13 @@ import inspect
 import logging
 from typing import Any
 
-from ..families import FamilySpec
+from ..families import COGVIDEOX, WAN, FamilySpec
 
 logger = logging.getLogger(__name__)
 
-WAN_SCHEDULER_DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "prediction_type": "flow_prediction",
-    "use_flow_sigmas": True,
-    "flow_shift": 3.0,
-    "solver_order": 2,
-    "solver_type": "bh2",
-    "predict_x0": True,
-    "lower_order_final": True,
-    "final_sigmas_type": "zero",
-    "timestep_spacing": "linspace",
-}
-
+WAN_SCHEDULER_DEFAULTS: dict[str, Any] = {k: v for k, v in WAN.scheduler_defaults.items() if k != "_class_name"}
 COGVIDEOX_SCHEDULER_DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "v_prediction",
-    "rescale_betas_zero_snr": True,
-    "snr_shift_scale": 1.0,  # CogVideoX-5B; the 2B model uses 3.0 and ships it in its scheduler config
-    "set_alpha_to_one": True,
-    "clip_sample": False,
-    "steps_offset": 0,
-    "timestep_spacing": "trailing",
+    k: v for k, v in COGVIDEOX.scheduler_defaults.items() if k != "_class_name"
 }
 
 
@@ -52,26 +30,24 @@ def _accepted(cls, config: dict[str, Any]) -> dict[str, Any]:
 def build_scheduler(
     family: FamilySpec, scheduler_config: dict | None = None, *, overrides: dict[str, Any] | None = None
 ):
-    """A fresh scheduler for ``family``: Wan -> UniPCMultistepScheduler, CogVideoX -> CogVideoXDPMScheduler.
+    """A fresh scheduler of ``family``'s class (its adapter's ``scheduler_defaults``): Wan -> UniPC flow matching,
+    CogVideoX -> CogVideoXDPMScheduler.
 
     ``scheduler_config`` (the model folder's scheduler_config.json, any class) is laid over the shipped defaults;
     ``overrides`` (e.g. flow_shift, timestep_spacing) are laid over both.
     """
-    from diffusers import CogVideoXDPMScheduler, UniPCMultistepScheduler
+    import diffusers
 
-    if family.name == "wan":
-        cls, config = UniPCMultistepScheduler, dict(WAN_SCHEDULER_DEFAULTS)
-        if scheduler_config and scheduler_config.get("_class_name", "UniPCMultistepScheduler") != cls.__name__:
-            # e.g. FlowMatchEulerDiscreteScheduler: keep only what both describe the same way
-            scheduler_config = {
-                k: scheduler_config[k] for k in ("num_train_timesteps", "shift") if k in scheduler_config
-            }
-            if "shift" in scheduler_config:
-                scheduler_config["flow_shift"] = scheduler_config.pop("shift")
-    elif family.name == "cogvideox":
-        cls, config = CogVideoXDPMScheduler, dict(COGVIDEOX_SCHEDULER_DEFAULTS)
-    else:
-        raise ValueError(f"No scheduler for family {family.name!r}; valid families: 'wan', 'cogvideox'.")
+    defaults = dict(family.scheduler_defaults)
+    cls = getattr(diffusers, defaults.pop("_class_name"))
+    config = dict(defaults)
+    foreign = scheduler_config and scheduler_config.get("_class_name", cls.__name__) != cls.__name__
+    if family.flow_matching and foreign:
+        # e.g. FlowMatchEulerDiscreteScheduler beside UniPC: keep only what both describe the same way (the DDIM
+        # config CogVideoX folders ship describes the same betas, so it is laid over the DPM defaults whole)
+        scheduler_config = {k: scheduler_config[k] for k in ("num_train_timesteps", "shift") if k in scheduler_config}
+        if "shift" in scheduler_config:
+            scheduler_config["flow_shift"] = scheduler_config.pop("shift")
     config.update(_accepted(cls, scheduler_config or {}))
     config.update(overrides or {})
     logger.debug("Building %s with %s", cls.__name__, config)

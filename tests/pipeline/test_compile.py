@@ -64,9 +64,9 @@ def _graphs() -> int:
 
 def test_errors():
     model = tiny_transformer("wan")
-    with pytest.raises(ValueError, match="supports WanTransformer3DModel"):
+    with pytest.raises(ValueError, match="Expected one of WanTransformer3DModel"):
         compile_transformer(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="supports WanTransformer3DModel"):
+    with pytest.raises(ValueError, match="Expected one of WanTransformer3DModel"):
         is_compiled(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="mode='fast' is not a torch.compile mode; valid: default"):
         compile_transformer(model, mode="fast")

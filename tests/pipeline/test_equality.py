@@ -55,7 +55,7 @@ def test_final_latents_equal_diffusers(family, tiny_bundle, pipes):
     bundle = tiny_bundle(family)
     size = tiny_video_size(family)
     preset = PRESETS["baseline"]
-    guidance = Guidance(preset.guidance[family], preset.dynamic_guidance[family])
+    guidance = Guidance(preset.guidance(bundle.family), preset.dynamic_guidance(bundle.family))
     embeds = encode_prompts(bundle, PROMPTS, NEGATIVE)
     extra = {"use_dynamic_cfg": guidance.dynamic} if family == "cogvideox" else {}
     reference = pipes[family](

@@ -64,9 +64,10 @@ def test_baseline_defaults_and_presets():
     assert type(cog.scheduler).__name__ == "CogVideoXDPMScheduler"
     assert cog.timesteps[:3].tolist() == [999, 979, 959]
     base, blade = PRESETS["baseline"], PRESETS["blade"]
-    assert base.guidance == {"wan": 5.0, "cogvideox": 6.0} and base.dynamic_guidance["cogvideox"]
-    assert not base.dynamic_guidance["wan"] and not base.sparse
-    assert blade.guidance == {"wan": 1.0, "cogvideox": 1.0} and blade.sparse and blade.sampler == "blade"
+    assert (base.guidance(WAN), base.guidance(COGVIDEOX)) == (5.0, 6.0) and base.dynamic_guidance(COGVIDEOX)
+    assert not base.dynamic_guidance(WAN) and not base.sparse
+    assert (blade.guidance(WAN), blade.guidance(COGVIDEOX)) == (1.0, 1.0) and blade.sparse
+    assert blade.sampler == "blade" and not blade.dynamic_guidance(COGVIDEOX)
 
 
 def test_shipped_defaults_match_stock_configs():
@@ -89,7 +90,7 @@ def test_scheduler_config_and_shift_override():
     "name, family, kwargs, message",
     [
         ("baseline", WAN, {"eta": 0.5}, "eta=0.5 applies to the 'tdm' sampler only"),
-        ("blade", COGVIDEOX, {"shift": 3.0}, "shift=3.0 applies to Wan"),
+        ("blade", COGVIDEOX, {"shift": 3.0}, "shift=3.0 applies to flow-matching schedules"),
         ("tdm", WAN, {"shift": 3.0}, "does not apply to 'tdm'"),
         ("tdm", WAN, {"eta": 1.5}, r"eta=1.5 must lie in \[0, 1\]"),
         ("blade", WAN, {"steps": 0}, "steps=0 is invalid"),

@@ -68,8 +68,8 @@ def build_toy_bundle(spec: ToySpec, seed: int = 0) -> ModelBundle:
     transformer = WanTransformer3DModel(**spec.transformer_config())
     return ModelBundle(
         family=WAN, transformer=transformer, vae=PixelVAE(), tokenizer=tokenizer,
-        text_encoder=tiny_text_encoder("wan", vocab_size=len(tokenizer), seed=seed + 2, d_model=spec.text_dim),
-        scheduler_config=dict(tiny_scheduler("wan").config), variant="toy-wan",
+        text_encoder=tiny_text_encoder(WAN.name, vocab_size=len(tokenizer), seed=seed + 2, d_model=spec.text_dim),
+        scheduler_config=dict(tiny_scheduler(WAN.name).config), variant="toy-wan",
     )
 
 
@@ -107,6 +107,6 @@ def load_toy_bundle(path: str | Path, *, device: str | torch.device = "cpu", dty
 
     path = Path(path)
     spec = ToySpec(**json.loads((path / "toy_spec.json").read_text()))
-    bundle = load_model_bundle(path, family="wan", dtype=dtype, device=device)
+    bundle = load_model_bundle(path, family=WAN.name, dtype=dtype, device=device)
     bundle.variant = "toy-wan"
     return bundle, spec

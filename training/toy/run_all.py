@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from blade_ops.attention import ASAConfig
+from blade_ops.families import WAN
 from blade_ops.text import encode_text
 
 from ..checkpoint import resolve_resume
@@ -92,7 +93,7 @@ def make_distiller(args, spec: ToySpec, teacher_dir: Path, emb_dir: Path, output
 
     device = torch.device(args.device)
     config = build_config(dict(
-        model=str(teacher_dir), family="wan", prompt_embeddings=str(emb_dir), output_dir=str(output_dir),
+        model=str(teacher_dir), family=WAN.name, prompt_embeddings=str(emb_dir), output_dir=str(output_dir),
         **spec.video, lora_rank=args.lora_rank, lora_alpha=float(args.lora_rank), asa=args.distill_asa,
         attention_backend="torch", asa_overrides=toy_asa(spec) if args.distill_asa else {}, guidance_scale=cfg,
         negative_prompt_key="empty", max_train_steps=steps, train_batch_size=batch, gradient_accumulation_steps=1,
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = all_prompts()
     text = encode_text(bundle, prompts).to(device)
     empty = encode_text(bundle, [""]).to(device)
-    asa_config = ASAConfig.for_family("wan", **toy_asa(spec))
+    asa_config = ASAConfig.for_family(WAN, **toy_asa(spec))
 
     # 2. metric: trained when first needed (a call that only continues a distillation needs none)
     metric: list = []
