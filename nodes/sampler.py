@@ -68,7 +68,7 @@ def vae_scale_latents(model: BladeModel, latents: torch.Tensor) -> torch.Tensor:
     return to_vae_scale(latents, variant)
 
 
-class BladeSampler:
+class BladeSamplerNode:
     """Sample video latents; Cancel in the UI stops within one step and leaves the model usable."""
 
     DESCRIPTION = (
@@ -169,4 +169,4 @@ class BladeSampler:
         return (out,)
 
 
-NODES = {"BladeSampler": (BladeSampler, NODE_NAME)}
+NODES = {"BladeSampler": (BladeSamplerNode, NODE_NAME)}

@@ -129,7 +129,7 @@ class Distiller:
         self.lambda_reg = config.reg_weight(self.family.name)
         self.negative = embeddings.special(config.negative_prompt_key).to(self.device)
         grid = latent_grid(self.family, frames=config.frames, height=config.height, width=config.width)
-        channels = int(getattr(transformer.config, "in_channels", self.family.latent_channels))
+        channels = self.family.latent_channels_of(transformer)
         self.latent_shape = latent_shape(self.family, config.train_batch_size, grid, channels)
         self.huber_c = tdm.huber_c(self.latent_shape[1:], config.huber_c_scale)
         self.step = 0

@@ -66,9 +66,11 @@ class TDMModels(nn.Module):
         self._sparse = self._dense
         self.asa_handle = None
         if asa_config is not None:
-            from blade_ops.attention import install_asa
+            from blade_ops.prepare import AsaRequest, prepare_transformer
 
-            self.asa_handle = install_asa(transformer, asa_config, attention_backend)
+            # The student's own adapters are trained here, so no LoRA file and no recorded settings: the config given.
+            request = AsaRequest(family.name, asa_config, attention_backend, source="custom")
+            self.asa_handle = prepare_transformer(transformer, asa=request).asa_handle
             self._sparse = dict(transformer.attn_processors)
         if gradient_checkpointing:
             transformer.enable_gradient_checkpointing()

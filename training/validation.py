@@ -58,7 +58,7 @@ def validation_videos(distiller: Distiller, sampler_name: str = "blade") -> list
         for n, index in enumerate(validation_indices(distiller)):
             sampler = make_sampler(sampler_name, bundle.family, distiller.scheduler_config, steps=cfg.num_steps)
             generator = torch.Generator().manual_seed(cfg.seed + n)
-            channels = int(getattr(models.transformer.config, "in_channels", bundle.family.latent_channels))
+            channels = bundle.family.latent_channels_of(models.transformer)
             latents = prepare_latents(bundle.family, 1, grid, generator, channels=channels, device=device)
             text = distiller.embeddings.get([index]).to(device, models.base_dtype)
             with distiller.accelerator.autocast():

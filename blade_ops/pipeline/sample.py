@@ -64,7 +64,7 @@ def sample_latents(
         guidance = Guidance(float(guidance))
     warn_off_schedule_loras(bundle.transformer, len(sampler.timesteps), guidance.scale if guidance.enabled else 1.0)
     generator = torch.Generator("cpu").manual_seed(check_seed(seed))
-    channels = int(getattr(bundle.transformer.config, "in_channels", family.latent_channels))
+    channels = family.latent_channels_of(bundle.transformer)
     noise = prepare_latents(
         family, embeds.cond.shape[0], latent_grid_, generator, channels=channels,
         init_noise_sigma=sampler.init_noise_sigma,
