@@ -5,7 +5,8 @@ one part's folder (config.json). Read with diffusers/transformers ``from_pretrai
 local_files_only=True)`` so nothing is fetched and no pickle is opened.
 
 Single files: the original Wan layout (ComfyUI's repackaged files, optionally under ``model.diffusion_model.``),
-diffusers keys, CogVideoX's SAT layout, and combined checkpoints holding transformer and VAE. The file is
+diffusers keys, CogVideoX's SAT layout, and combined checkpoints holding transformer and VAE; bf16, fp16, fp32 or
+ComfyUI's fp8_scaled weights (dequantised on load, see quantized.py). The file is
 recognised from its header alone, converted to diffusers keys on meta tensors to pick or infer the config and to
 check every key and shape, and only then read. The model is built without allocating weights
 (``init_empty_weights``) and takes the file's tensors directly (``load_state_dict(assign=True)``), so a 14B
@@ -33,6 +34,7 @@ from .bundle import ModelBundle
 from .detect import Sniff, describe_foreign, sniff
 from .files import PICKLE_SUFFIXES, load_tensors, read_header, read_shapes
 from .placement import auto_dtype, check_offload, place, resolve_device
+from .quantized import check_supported_quantization, dequantize, is_quantization_extra, scale_keys
 from .variants import (
     DEFAULT_VARIANT,
     VARIANTS,
@@ -233,9 +235,12 @@ _OTHER_PART_PREFIXES = ("first_stage_model.", "vae.", "cond_stage_model.", "cond
 
 
 def _part_keys(shapes: dict, found: Sniff) -> list[str]:
+    """The part's weight keys (with prefix); fp8_scaled scales and markers are read separately (quantized.py)."""
     if found.prefix:
-        return [k for k in shapes if k.startswith(found.prefix)]
-    return [k for k in shapes if not k.startswith(_OTHER_PART_PREFIXES)]
+        keys = [k for k in shapes if k.startswith(found.prefix)]
+    else:
+        keys = [k for k in shapes if not k.startswith(_OTHER_PART_PREFIXES)]
+    return [k for k in keys if not is_quantization_extra(k, found.prefix)]
 
 
 def _to_diffusers(found: Sniff, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -400,6 +405,7 @@ def _load_file_part(
     check_cancel: CancelCheck = None,
 ) -> LoadedPart:
     shapes_all = read_shapes(path)
+    check_supported_quantization(path, shapes_all)
     found = _find_part(path, shapes_all, part, family)
     file_keys = _part_keys(shapes_all, found)
     strip = len(found.prefix)
@@ -410,7 +416,8 @@ def _load_file_part(
     origin = f"shipped {name}" if name else "inferred"
     model = _build(cls, cfg, path, origin)
     _check_fit(path, found, model, shapes, origin + (" (with overrides)" if config else ""))
-    tensors = _to_diffusers(found, {k[strip:]: v for k, v in _read_tensors(path, file_keys, check_cancel).items()})
+    read = _read_tensors(path, file_keys + scale_keys(file_keys, shapes_all), check_cancel)
+    tensors = _to_diffusers(found, dequantize({k[strip:]: v for k, v in read.items()}))  # fp8_scaled: weight * scale
     # Match diffusers' from_pretrained: modules it keeps in fp32 (Wan's norms, time embedding) stay fp32. Always
     # copy: safetensors hands out views of the memory-mapped file at unaligned offsets, which keeps the file mapped
     # and makes CPU kernels take slower paths with (slightly) different rounding.
