@@ -236,6 +236,16 @@ class ModelFamily:
         """The family's stock baseline scheduler."""
         raise NotImplementedError
 
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """Arguments of the family's diffusers pipeline class besides its components (e.g. a boundary ratio)."""
+        return {}
+
+    def tiny_experts(self, seed: int = 0, text_dim: int = 32) -> dict[str, torch.nn.Module]:
+        """The transformers after the first of a family with several, at toy width, by expert name."""
+        return {
+            name: self.tiny_transformer(seed + 10 * i, text_dim) for i, name in enumerate(self.expert_names[1:], 1)
+        }
+
 
 @dataclass(frozen=True)
 class LatentScaling:
