@@ -372,8 +372,9 @@ def _unsupported(
         takes = f"{family.label} takes {family.latent_channels}"
     else:
         groups: dict[int, list[str]] = {}
-        for family in candidate_families(found.family):
-            groups.setdefault(family.latent_channels, []).append(family.label)
+        for family in FAMILIES.values():
+            if _same_arch(family.name, found.family):
+                groups.setdefault(family.latent_channels, []).append(family.label)
         takes = "BLADE's text-to-video models take " + " or ".join(
             f"{c} ({', '.join(labels)})" for c, labels in groups.items()
         )
