@@ -108,10 +108,6 @@ class ModelFamily:
         """Latent channels a loaded transformer takes (its config's in_channels)."""
         return int(getattr(transformer.config, "in_channels", self.latent_channels))
 
-    def vae_latent_channels(self, vae_config: Mapping[str, Any]) -> int:
-        """Latent channels a VAE of this family encodes to, read from its config."""
-        return int(vae_config.get("z_dim") or vae_config.get("latent_channels") or self.latent_channels)
-
     # ---- which family a model is -------------------------------------------------------------------------------
     def accepts(self, part: str, structure: Mapping[str, Any]) -> bool:
         """Whether weights with this structure (see :meth:`structure_from_shapes`) are a ``part`` of this family.

@@ -349,6 +349,17 @@ def _identify(
         if family.accepts(part, structure):
             return family, shapes, structure
         rejected.append((family, structure))
+    if requested is not None:  # say what the part is when it belongs to another family of the architecture
+        try:
+            other = _identify(path, found, part, meta, None)[0]
+        except ValueError:
+            other = None
+        if other is not None:
+            label = get_family(requested).label
+            raise ValueError(
+                f"{path} holds a {other.label} {part} ({found.layout} key layout), not a {label} one; load the "
+                f"{part} made for {label}."
+            )
     if not rejected and missing:
         err = missing.get(found.family) or next(iter(missing.values()))
         raise ValueError(
@@ -699,19 +710,6 @@ def _load_experts(
     return out
 
 
-def _check_vae_fits(family: ModelFamily, transformer, vae, sources: dict[str, str]) -> None:
-    """The VAE makes the latents the transformer takes (a Wan2.1 VAE with a 48-channel Wan2.2 model fails here,
-    not after sampling)."""
-    if transformer is None or vae is None or type(vae).__name__ not in family.vae_classes:
-        return
-    takes, makes = family.latent_channels_of(transformer), family.vae_latent_channels(vae.config)
-    if takes != makes:
-        raise ValueError(
-            f"The VAE {sources.get('vae')} makes {makes}-channel latents but the transformer "
-            f"{sources.get('transformer')} takes {takes}: load the VAE of the same model."
-        )
-
-
 def load_model_bundle(
     path: PathLike,
     *,
@@ -817,7 +815,6 @@ def load_model_bundle(
 
     if family is None:
         raise ValueError(f"Could not tell the model family of {path}; pass family= ({', '.join(FAMILIES)}).")
-    _check_vae_fits(get_family(family), transformer, vae, sources)
     return ModelBundle(
         family=get_family(family),
         transformer=transformer,
