@@ -1,4 +1,4 @@
-"""Model families: one adapter module per family (``wan.py``, ``cogvideox.py``) behind one protocol
+"""Model families: one adapter module per family (``wan.py``, ``wan22.py``, ``cogvideox.py``) behind one protocol
 (:class:`~blade_ops.families.base.ModelFamily`), and the registry that finds the adapter for a name, a model or a
 config. Nothing outside this package tests a family's name: it asks the adapter (a test checks this).
 """
@@ -11,13 +11,15 @@ from typing import Any
 from .base import LatentScaling, ModelFamily, ShippedVariant, check_video_size
 from .cogvideox import COGVIDEOX
 from .wan import WAN, WAN_NEGATIVE_PROMPT
+from .wan22 import WAN22_A14B, WAN22_TI2V
 
 FamilySpec = ModelFamily  # the name the pack used before the adapters; kept for callers' type hints
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (WAN, COGVIDEOX)}
+# Registry order: an architecture's first family comes before the others of that architecture.
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (WAN, COGVIDEOX, WAN22_TI2V, WAN22_A14B)}
 # The order in which families are tried when a model is recognised: a family whose models are a special case of
 # another family's (more latent channels, a pipeline folder with more entries) comes before it.
-DETECTION_ORDER: tuple[ModelFamily, ...] = (WAN, COGVIDEOX)
+DETECTION_ORDER: tuple[ModelFamily, ...] = (WAN22_TI2V, WAN22_A14B, WAN, COGVIDEOX)
 
 
 def family_names() -> list[str]:
@@ -122,6 +124,8 @@ __all__ = [
     "ModelFamily",
     "ShippedVariant",
     "WAN",
+    "WAN22_A14B",
+    "WAN22_TI2V",
     "WAN_NEGATIVE_PROMPT",
     "candidate_families",
     "check_video_size",

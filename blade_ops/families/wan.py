@@ -232,9 +232,10 @@ class WanFamily(ModelFamily):
         ).eval()
 
     def tiny_scheduler(self) -> Any:
+        """UniPC flow matching with this family's settings (Wan2.1: shift 3.0)."""
         from diffusers import UniPCMultistepScheduler
 
-        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+        return UniPCMultistepScheduler(**{k: v for k, v in self.scheduler_defaults.items() if not k.startswith("_")})
 
 
 WAN = WanFamily(
