@@ -1,4 +1,4 @@
-"""Load Wan2.1 / CogVideoX parts from diffusers folders or single safetensors files, offline.
+"""Load Wan (2.1, 2.2) / CogVideoX parts from diffusers folders or single safetensors files, offline.
 
 Folders: a pipeline folder (model_index.json + transformer/, vae/, text_encoder/, tokenizer/, scheduler/) or
 one part's folder (config.json). Read with diffusers/transformers ``from_pretrained(..., use_safetensors=True,
