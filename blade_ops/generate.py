@@ -1,7 +1,10 @@
-"""Command line: make a video from text with a Wan2.1 or CogVideoX model.
+"""Command line: make a video from text with a Wan2.1, Wan2.2 or CogVideoX model.
 
     python -m blade_ops.generate --model /models/Wan2.1-T2V-1.3B-Diffusers --lora blade_wan.safetensors \\
         --prompt "a red fox running through snow" --output outputs/fox.mp4
+    python -m blade_ops.generate --family wan2.2-t2v-a14b --transformer high_noise.safetensors \\
+        --transformer-2 low_noise.safetensors --vae wan_2.1_vae.safetensors --text-encoder umt5_xxl_fp16.safetensors \\
+        --preset baseline --prompt "a red fox running through snow"
     python -m blade_ops.generate --demo          # tiny random model built on the fly, no weights needed
 """
 
@@ -45,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("model")
     src.add_argument("--model", help="diffusers model folder (model_index.json + transformer/, vae/, ...)")
     src.add_argument("--transformer", help="transformer single file (.safetensors), instead of --model's")
+    src.add_argument(
+        "--transformer-2",
+        help="the second transformer's single file of a two-expert model (Wan2.2 A14B: the low-noise expert; "
+        "--transformer is the high-noise one)",
+    )
     src.add_argument("--vae", help="VAE file or folder (needed with --transformer unless --model gives it)")
     src.add_argument(
         "--text-encoder",
@@ -54,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--demo", action="store_true", help="use a tiny random Wan model (no weights; for smoke tests)")
     src.add_argument("--lora", help="BLADE LoRA file (.safetensors)")
     src.add_argument("--lora-strength", type=float, default=1.0)
+    src.add_argument("--lora-2", help="LoRA file for the second transformer of a two-expert model (Wan2.2 A14B)")
+    src.add_argument("--lora-2-strength", type=float, default=1.0)
     run = p.add_argument_group("generation")
     run.add_argument("--preset", choices=[*PRESET_NAMES, "none"], default=None,
                      help="blade: ASA + LoRA, 8 steps, no CFG (default); baseline: dense, 50 steps, CFG; "
@@ -65,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--frames", type=int)
     run.add_argument("--steps", type=int)
     run.add_argument("--guidance", type=float, help="CFG scale (1.0 turns CFG off)")
+    run.add_argument("--guidance-2", type=float,
+                     help="CFG of the second expert of a two-expert model (default: the preset's, else --guidance)")
     run.add_argument("--seed", type=int, default=0, help="noise seed, 0 .. 2**64 - 1 (as in the nodes and the API)")
     run.add_argument("--sampler", choices=SAMPLER_NAMES)
     run.add_argument("--shift", type=float, help="Wan flow shift (3.0 at 480p, 5.0 at 720p)")
@@ -118,6 +130,7 @@ def load_bundle(args: argparse.Namespace, dtype: torch.dtype, device: torch.devi
         vae_path=args.vae or (args.model if args.transformer and args.model else None),
         text_encoder_path=args.text_encoder or (args.model if args.transformer and args.model else None),
         offload="model" if args.offload else "none",
+        expert_paths={"transformer_2": args.transformer_2} if args.transformer_2 else None,
     )
 
 
@@ -158,22 +171,31 @@ def check_request_args(args: argparse.Namespace) -> None:
     check_seed(args.seed)
     if args.guidance is not None:
         check_guidance(args.guidance)
+    if args.guidance_2 is not None:
+        check_guidance(args.guidance_2)
     check_shift(args.shift)
     check_eta(args.eta)
-    if not math.isfinite(args.lora_strength):
-        raise ValueError(f"--lora-strength {args.lora_strength} must be a finite number (1.0 as distilled).")
+    for flag, value in (("--lora-strength", args.lora_strength), ("--lora-2-strength", args.lora_2_strength)):
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} {value} must be a finite number (1.0 as distilled).")
+    if args.transformer_2 and not args.transformer:
+        raise ValueError("--transformer-2 is the second expert's file: give the first with --transformer.")
     if args.family is not None:
         check_size(args, args.family)
     if args.model:
         check_weight_path(args.model, "--model")
     if args.transformer:
         check_weight_path(args.transformer, "--transformer")
+    if args.transformer_2:
+        check_weight_path(args.transformer_2, "--transformer-2")
     if args.vae:
         check_weight_path(args.vae, "--vae")
     if args.text_encoder:
         check_weight_path(args.text_encoder, "--text-encoder")
     if args.lora:
         check_lora_path(args.lora, "--lora")
+    if args.lora_2:
+        check_lora_path(args.lora_2, "--lora-2")
     _check_outputs(args)
 
 
@@ -205,23 +227,30 @@ def run(argv: list[str] | None = None) -> Path:
     bundle = load_bundle(args, dtype, device)
     options = dict(
         negative_prompt=args.negative_prompt, width=args.width, height=args.height, frames=args.frames,
-        steps=args.steps, guidance=args.guidance, seed=args.seed, sampler=args.sampler, shift=args.shift,
+        steps=args.steps, guidance=args.guidance, guidance_2=args.guidance_2, seed=args.seed, sampler=args.sampler,
+        shift=args.shift,
         eta=args.eta, fps=args.fps, offload=args.offload, vae_tiling=args.vae_tiling,
         vae_chunk_frames=args.vae_chunk,
     )
+    loras = dict(lora=args.lora, lora_strength=args.lora_strength)
+    if args.lora_2:
+        if len(bundle.family.expert_names) < 2:
+            raise ValueError(f"--lora-2 is for a model's second transformer; {bundle.family.label} runs one.")
+        loras["expert_loras"] = {bundle.family.expert_names[1]: (args.lora_2, args.lora_2_strength)}
     if args.preset == "none":  # dense run of the chosen sampler (blade schedule unless told otherwise)
         options = {k: v for k, v in options.items() if v is not None}
         options.setdefault("sampler", "blade")
         request = GenerationRequest(prompt=args.prompt, **options)
-        if args.lora:
-            prepare_model(bundle, "baseline", lora=args.lora, lora_strength=args.lora_strength)
+        if args.lora or args.lora_2:
+            prepare_model(bundle, "baseline", **loras)
     else:
-        prepare_model(bundle, args.preset, lora=args.lora, lora_strength=args.lora_strength)
+        prepare_model(bundle, args.preset, **loras)
         request = preset_request(args.preset, bundle.family, args.prompt, **options)
     if args.compile:  # after ASA and the LoRA, so the blocks compile once
         from .pipeline.compile import compile_transformer
 
-        compile_transformer(bundle.transformer)
+        for expert in bundle.experts:
+            compile_transformer(expert)
     if args.compile_vae:
         from .pipeline.compile import compile_vae_decoder
 
@@ -275,6 +304,7 @@ def _save(result, request: GenerationRequest, args: argparse.Namespace, bundle: 
         "prompt": request.prompts, "negative_prompt": request.negative_prompt, "seed": request.seed,
         "sampler": request.sampler, "timesteps": result.timesteps, "guidance": request.guidance,
         "family": bundle.family.name, "preset": args.preset, "lora": args.lora,
+        **({"lora_2": args.lora_2} if args.lora_2 else {}),
     }
     written = []
     for i, (frames, target) in enumerate(zip(result.frames, _targets(output, len(result.frames)), strict=True)):

@@ -45,6 +45,8 @@ _NODE_TERMS = (
     (re.compile(r"pass family= \(([^)]*)\)"), r"set family (\1)"),
     (re.compile(r"pass config=\{.*$", re.S), DIFFUSERS_FOLDER_ADVICE + "."),
     (re.compile(r"needs config=\{\.\.\.\}\.$"), "needs its own settings: " + DIFFUSERS_FOLDER_ADVICE + "."),
+    (re.compile(r"Pass expert_paths=\{'(\w+)': \.\.\.\} with the ([\w-]+) expert's file"),
+     r"Load both experts' files with BLADE Model Loader (two experts) (\1: the \2 expert)"),
 )
 
 
@@ -72,14 +74,14 @@ def _torch_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _load(path, parts: tuple[str, ...], family: str, dtype: str):
+def _load(path, parts: tuple[str, ...], family: str, dtype: str, expert_paths: dict | None = None):
     """A ModelBundle holding ``parts`` read from ``path``, on the CPU until a node needs it on the GPU."""
     from ..blade_ops.models import load_model_bundle
 
     with _in_node_terms():
         return load_model_bundle(
             path, family=None if family == "auto" else family, parts=parts, dtype=_torch_dtype(dtype), device="cpu",
-            check_cancel=bridge.check_interrupted,
+            check_cancel=bridge.check_interrupted, expert_paths=expert_paths,
         )
 
 
@@ -93,24 +95,28 @@ def _load_text_encoder_file(path, family: str, dtype: str):
     bridge.check_interrupted()
     with _in_node_terms():
         encoder, tokenizer, found = load_text_encoder_file(path, dtype=torch_dtype, device="cpu")
-    if family != "auto" and family != found:
+    found_class = get_family(found).text_encoder_classes[0]
+    if family != "auto" and found_class not in get_family(family).text_encoder_classes:
         kinds = {"UMT5EncoderModel": "UMT5 (e.g. umt5_xxl_fp16.safetensors)",
                  "T5EncoderModel": "T5 v1.1 XXL (e.g. t5xxl_fp16)"}
-        found_kind = kinds[get_family(found).text_encoder_classes[0]]
+        found_kind = kinds[found_class]
         wanted_kind = kinds[get_family(family).text_encoder_classes[0]]
         raise ValueError(f"{path.name} is a {found_kind} encoder, which is {found}'s; {family} needs "
                          f"{wanted_kind}. Pick another file or set family to auto.")
-    return ModelBundle(get_family(found), text_encoder=encoder, tokenizer=tokenizer, dtype=torch_dtype,
+    owner = get_family(found if family == "auto" else family)
+    return ModelBundle(owner, text_encoder=encoder, tokenizer=tokenizer, dtype=torch_dtype,
                        sources={"text_encoder": str(path), "tokenizer": str(path)})
 
 
 class BladeModelLoader:
-    """Load a Wan2.1 or CogVideoX transformer."""
+    """Load a Wan2.1, Wan2.2 or CogVideoX transformer (a two-expert model from its diffusers folder)."""
 
     DESCRIPTION = (
-        "Loads a Wan2.1 or CogVideoX text-to-video transformer from models/diffusion_models (single .safetensors, "
-        "e.g. wan2.1_t2v_1.3B_bf16.safetensors) or a diffusers folder in models/diffusers. Chain BLADE ASA and "
-        "BLADE LoRA after it, then BLADE Sampler."
+        "Loads a Wan2.1, Wan2.2 or CogVideoX text-to-video transformer from models/diffusion_models (single "
+        ".safetensors, e.g. wan2.1_t2v_1.3B_bf16.safetensors, wan2.2_ti2v_5B_fp16.safetensors; fp8_scaled files are "
+        "dequantised) or a diffusers folder in models/diffusers (a Wan2.2 A14B folder gives both experts). Chain "
+        "BLADE ASA and BLADE LoRA after it, then BLADE Sampler. For Wan2.2 A14B's two single files use BLADE Model "
+        "Loader (two experts)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -136,6 +142,71 @@ class BladeModelLoader:
         path = bridge.resolve_model_path(model_name, "diffusion_models", diffusers=True)
         bundle = _load(path, ("transformer",), family, dtype)
         log.info("BLADE: loaded %s transformer from %s", bundle.family.name, path)
+        return (BladeModel(bundle),)
+
+
+def _expert_families() -> list[str]:
+    """Families that run more than one transformer (experts)."""
+    from ..blade_ops.families import FAMILIES
+
+    return [name for name, f in FAMILIES.items() if len(f.expert_names) > 1]
+
+
+def _experts_tooltip() -> str:
+    from ..blade_ops.families import FAMILIES
+
+    described = [
+        f"{f.label}: " + ", ".join(f"{n} = {label} expert" for n, label in zip(f.expert_names, f.expert_labels,
+                                                                                 strict=True))
+        for f in FAMILIES.values() if len(f.expert_names) > 1
+    ]
+    return "; ".join(described) or "no registered family has two experts"
+
+
+class BladeExpertsModelLoader:
+    """Load a model that runs two transformers (experts) from two single files."""
+
+    DESCRIPTION = (
+        "Loads a two-expert text-to-video model (Wan2.2 T2V-A14B) from two files in models/diffusion_models, e.g. "
+        "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors (first) and wan2.2_t2v_low_noise_14B_fp8_scaled"
+        ".safetensors (second); fp8_scaled files are dequantised. The sampler runs the first for high-noise steps "
+        "and the second below the model's boundary. Chain BLADE ASA (both experts) and BLADE LoRA Loader (expert) "
+        "after it, then BLADE Sampler."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (BLADE_MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("Both transformers, with the family and sampler settings.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        experts = _expert_families()
+        family = {"tooltip": "Model family (only families with two experts). " + _experts_tooltip()}
+        if experts:
+            family["default"] = experts[0]
+        return {
+            "required": {
+                "model_name": (bridge.model_choices("diffusion_models"),
+                               {"tooltip": "The first expert's file (Wan2.2 A14B: the high-noise model)."}),
+                "model_name_2": (bridge.model_choices("diffusion_models"),
+                                 {"tooltip": "The second expert's file (Wan2.2 A14B: the low-noise model)."}),
+                "family": (experts, family),
+                "dtype": (DTYPE_CHOICES, {"default": "bf16", "tooltip": DTYPE_TOOLTIP}),
+            }
+        }
+
+    def load(self, model_name: str, model_name_2: str, family: str, dtype: str = "bf16") -> tuple[BladeModel]:
+        from ..blade_ops.families import get_family
+
+        if family not in _expert_families():
+            raise ValueError(f"BLADE Model Loader (two experts): family={family!r} is not one of "
+                             f"{_expert_families()} (the families with two experts).")
+        second = get_family(family).expert_names[1]
+        path = bridge.resolve_model_path(model_name, "diffusion_models")
+        path_2 = bridge.resolve_model_path(model_name_2, "diffusion_models")
+        bundle = _load(path, ("transformer",), family, dtype, expert_paths={second: path_2})
+        log.info("BLADE: loaded %s experts from %s and %s", bundle.family.name, path, path_2)
         return (BladeModel(bundle),)
 
 
@@ -214,6 +285,7 @@ class BladeTextEncoderLoader:
 
 NODES = {
     "BladeModelLoader": (BladeModelLoader, "BLADE Model Loader"),
+    "BladeExpertsModelLoader": (BladeExpertsModelLoader, "BLADE Model Loader (two experts)"),
     "BladeVAELoader": (BladeVAELoader, "BLADE VAE Loader"),
     "BladeTextEncoderLoader": (BladeTextEncoderLoader, "BLADE Text Encoder Loader"),
 }

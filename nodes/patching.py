@@ -9,16 +9,25 @@ fails or is cancelled, so the loaded model stays usable and other branches of th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from .types import BladeModel
 
 
 @contextmanager
 def patched(model: BladeModel) -> Iterator[object]:
-    """Yield ASA's handle (or None) while the transformer carries ``model``'s patches."""
+    """Yield ASA's handle on the first transformer (or None) while the transformers carry ``model``'s patches.
+
+    A family with several transformers (experts) gets ASA on each, and each LoRA on the expert it names."""
     from ..blade_ops.prepare import prepared_transformer
 
-    loras = [(patch.lora, patch.strength) for patch in model.loras]
-    with prepared_transformer(model.bundle.transformer, asa=model.asa, loras=loras) as prepared:
-        yield prepared.asa_handle
+    family = model.family
+    with ExitStack() as stack:
+        handles = []
+        for index, name in enumerate(family.expert_names):
+            loras = [(p.lora, p.strength) for p in model.loras if family.expert_index(p.expert) == index]
+            prepared = stack.enter_context(
+                prepared_transformer(getattr(model.bundle, name), asa=model.asa, loras=loras)
+            )
+            handles.append(prepared.asa_handle)
+        yield handles[0]

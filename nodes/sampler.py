@@ -1,6 +1,6 @@
 """BLADE Sampler node: embeddings -> video latents with the 8-step BLADE schedule, TDM, or the dense baseline.
 
-The LATENT it returns is a normal ComfyUI latent: ``samples`` [B, 16, T, H, W] in the VAE's own scale (what core's
+The LATENT it returns is a normal ComfyUI latent: ``samples`` [B, C, T, H, W] in the VAE's own scale (what core's
 Wan latent format produces after ``process_out``), so for Wan it also decodes with ComfyUI's VAE Decode. The exact
 latents in the model's layout ride along under ``blade`` for BLADE VAE Decode.
 """
@@ -8,6 +8,7 @@ latents in the model's layout ride along under ``blade`` for BLADE VAE Decode.
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 
 import torch
 
@@ -75,13 +76,15 @@ class BladeSamplerNode:
         "Generates video latents. scheduler 'blade' with 8 steps and guidance 1.0 is what BLADE LoRAs are "
         "distilled for (Wan: UniPC flow shift 3; CogVideoX: DPM trailing); 'tdm' is the stochastic sampler of "
         "training; 'baseline' with 50 steps and guidance 5 (Wan) / 6 (CogVideoX) is the dense reference. Width and "
-        "height must be multiples of 16, frames 4k+1; a connected LATENT sets the size and batch instead."
+        "height must be multiples of 16 (Wan2.2 TI2V-5B: 32), frames 4k+1; a connected LATENT sets the size and "
+        "batch instead. A two-expert model (Wan2.2 A14B) switches experts at its boundary timestep."
     )
     CATEGORY = CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("Video latents [B, 16, T, H/8, W/8]; decode with BLADE VAE Decode (or VAE Decode for Wan).",)
+    OUTPUT_TOOLTIPS = ("Video latents [B, C, T, H/s, W/s] (Wan2.1 and CogVideoX: 16 channels, s = 8; Wan2.2 TI2V-5B: "
+                       "48, s = 16); decode with BLADE VAE Decode (or VAE Decode for Wan).",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -157,8 +160,9 @@ class BladeSamplerNode:
         bridge.check_interrupted()
         bridge.free_comfy_memory()
         what = f"sampling {frames}x{height}x{width} (batch {batch})"
-        transformer = model.bundle.transformer
-        with bridge.oom_advice(what, OOM_ADVICE), on_device(transformer, bridge.torch_device(), offload="model"):
+        with bridge.oom_advice(what, OOM_ADVICE), ExitStack() as placed:
+            for expert in model.bundle.experts:  # every transformer of the model (Wan2.2 A14B: both experts)
+                placed.enter_context(on_device(expert, bridge.torch_device(), offload="model"))
             with patched(model):  # ASA picks its kernel for the device the transformer is on, so patch after moving
                 latents = sample_latents(model.bundle, embeds, grid=grid, sampler=scheduler, steps=steps,
                                          guidance=guide, seed=check_seed(int(seed)), callback=on_step)

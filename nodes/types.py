@@ -26,11 +26,13 @@ CATEGORY = "BLADE"
 
 @dataclass(frozen=True)
 class LoraPatch:
-    """A LoRA file applied (unmerged) for a run, at ``strength``; ``lora`` is the file as read and checked."""
+    """A LoRA file applied (unmerged) for a run, at ``strength``; ``lora`` is the file as read and checked.
+    ``expert``: which transformer of a family with several gets it (None: the first)."""
 
     path: Path
     strength: float
     lora: object = field(default=None, compare=False, repr=False)  # blade_ops.lora.LoRAFile
+    expert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,5 +59,5 @@ class BladeModel:
         parts = [self.bundle.variant or self.family.name]
         if self.asa is not None:
             parts.append(f"ASA[{self.asa.backend}]")
-        parts += [f"LoRA {p.path.name}@{p.strength:g}" for p in self.loras]
+        parts += [f"LoRA {p.path.name}@{p.strength:g}" + (f" on {p.expert}" if p.expert else "") for p in self.loras]
         return " + ".join(parts)

@@ -30,7 +30,7 @@ def model_latents(latent: dict, vae) -> torch.Tensor:
         raise ValueError("The latent input is not a ComfyUI LATENT (a dict with a 'samples' tensor).")
     blade = latent.get("blade")
     if isinstance(blade, dict) and "latents" in blade:
-        if blade["family"] != vae.family.name:
+        if not _vae_fits(blade["family"], vae):
             raise ValueError(
                 f"The latents come from a {blade['family']} model but the VAE is {vae.family.name}'s; load the "
                 f"{blade['family']} VAE in BLADE VAE Loader."
@@ -47,6 +47,22 @@ def model_latents(latent: dict, vae) -> torch.Tensor:
             f"[batch, {channels}, frames, height, width]. Decode other latents with ComfyUI's own VAE Decode."
         )
     return from_vae_scale(samples.float(), vae.vae.config, vae.family.name)
+
+
+def _vae_fits(family_name: str, vae) -> bool:
+    """Whether the latents of ``family_name``'s model decode with this VAE: its own family's, or one the family
+    accepts (Wan2.2 A14B takes the Wan2.1 VAE, which loads as Wan2.1's when nothing says otherwise)."""
+    from ..blade_ops.families import get_family
+
+    if family_name == vae.family.name:
+        return True
+    family = get_family(family_name)
+    if family.arch != vae.family.arch:
+        return False
+    try:
+        return family.accepts("vae", family.structure_from_config("vae", dict(vae.vae.config)))
+    except KeyError:
+        return False
 
 
 def _vae_latent_channels(vae) -> int:

@@ -55,8 +55,11 @@ def test_each_adapter_answers_for_its_own_models(name):
 
     family = get_family(name)
     transformer, vae = tiny_transformer(name), tiny_vae(name)
-    assert family_of_transformer(transformer) is family
-    assert family_of_vae_config(dict(vae.config)) is family
+    # A family whose weights look like another's (Wan2.2 A14B's experts have Wan2.1-14B shapes) is never picked
+    # from a model alone, only by name or from its pipeline folder: the model then belongs to its architecture.
+    expected = family if family.auto_detect else get_family(family.arch)
+    assert family_of_transformer(transformer) is expected
+    assert family_of_vae_config(dict(vae.config)) is expected
     assert len(family.self_attentions(transformer)) == transformer.config.num_layers
     assert family.latent_channels_of(transformer) == transformer.config.in_channels
     shape = family.latent_shape(2, (3, 4, 5), channels=7)

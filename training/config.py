@@ -26,6 +26,9 @@ class DistillConfig:
     # --- what to distil -----------------------------------------------------------------------------------------
     model: str = ""  # diffusers folder (or single file) of the base model; the teacher is this model, dense
     family: str = ""  # a family name (blade_ops.families); empty: read from the model folder
+    # Families with several transformers (Wan2.2 A14B: "transformer" = high-noise, "transformer_2" = low-noise):
+    # the one distilled. Student, fake score and teacher are all that expert; empty: the family's choice.
+    expert: str = ""
     prompt_embeddings: str = ""  # folder written by `python -m training.encode_prompts`
     output_dir: str = "outputs/distill"
 
@@ -129,11 +132,19 @@ class DistillConfig:
             raise ValueError("Invalid distillation config: " + "; ".join(problems) + ".")
 
     # ---- derived values --------------------------------------------------------------------------------------
-    def teacher_guidance(self, family: str) -> float:
-        """Teacher CFG scale: the family adapter's (Wan 5.0 with the Wan negative prompt, CogVideoX 3.5)."""
+    def teacher_guidance(self, family: str, expert: int = 0) -> float:
+        """Teacher CFG scale: the family adapter's for the distilled expert (Wan 5.0 with the Wan negative prompt,
+        CogVideoX 3.5)."""
         if self.guidance_scale >= 0:
             return self.guidance_scale
-        return get_family(family).teacher_guidance
+        return get_family(family).teacher_guidance_for(expert)
+
+    def student_expert(self, family: str) -> str:
+        """The transformer distilled: ``expert``, else the family's choice; ValueError naming the valid ones."""
+        fam = get_family(family)
+        name = self.expert or fam.student_expert
+        fam.expert_index(name)
+        return name
 
     def reg_weight(self, family: str) -> float:
         """Weight of the fake score's pull towards the teacher: Wan 0, CogVideoX 0.5 (the authors' settings)."""

@@ -99,7 +99,9 @@ class Distiller:
         weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
         if self.device.type == "cpu":
             weight_dtype = torch.float32  # CPU autocast handles bf16 compute; keep weights exact
-        transformer = _cast_base(bundle.transformer.to(self.device), weight_dtype)
+        # A family with several experts distils one of them (config.expert): it is student, fake score and teacher.
+        self.expert = config.student_expert(self.family.name)
+        transformer = _cast_base(getattr(bundle, self.expert).to(self.device), weight_dtype)
         self.asa_config = build_asa_config(config, self.family.name)
         torch.manual_seed(config.seed)  # LoRA A init: identical on every process and in every run with this seed
         self.models = TDMModels(
@@ -125,7 +127,7 @@ class Distiller:
         scheduler_config.setdefault("num_train_timesteps", config.num_train_timesteps)
         self.scheduler_config = scheduler_config
         self.param = self._tdm_sampler().parameterization()
-        self.guidance = config.teacher_guidance(self.family.name)
+        self.guidance = config.teacher_guidance(self.family.name, self.family.expert_index(self.expert))
         self.lambda_reg = config.reg_weight(self.family.name)
         self.negative = embeddings.special(config.negative_prompt_key).to(self.device)
         grid = latent_grid(self.family, frames=config.frames, height=config.height, width=config.width)
@@ -358,6 +360,7 @@ class Distiller:
         return {
             "base_model": self.config.model or self.bundle.variant or "",
             "family": self.family.name,
+            "expert": self.expert,  # the transformer whose LoRA slot this file belongs in
             "rank": self.config.lora_rank,
             "alpha": self.config.lora_alpha,
             "steps": self.config.num_steps,
@@ -380,7 +383,7 @@ class Distiller:
 # Settings a checkpoint fixes: the LoRA tensors only mean the same with the same rank, alpha and targets, and the
 # optimizer state restores its own learning rate and Adam settings over the config's.
 RESUME_FIXED = (
-    "lora_rank", "lora_alpha", "lora_targets", "share_base", "learning_rate", "learning_rate_fake",
+    "lora_rank", "lora_alpha", "lora_targets", "share_base", "expert", "learning_rate", "learning_rate_fake",
     "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
 )
 

@@ -116,8 +116,10 @@ class TDMModels(nn.Module):
     def forward(self, role: str, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         self.set_role(role)
         kwargs = self.family.transformer_kwargs(self.transformer, x)  # e.g. CogVideoX's rotary tables
+        timestep = self.family.timestep_input(self.transformer, t, x)  # e.g. one per video token (Wan2.2 TI2V)
         dtype = self.base_dtype
         out = self.transformer(
-            hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=text.to(dtype), return_dict=False, **kwargs
+            hidden_states=x.to(dtype), timestep=timestep, encoder_hidden_states=text.to(dtype), return_dict=False,
+            **kwargs,
         )[0]
         return out.float()

@@ -1,5 +1,6 @@
 """Validation videos at checkpoints: the student (its LoRA + ASA) samples the validation prompts with the 8-step
-BLADE schedule and no CFG, exactly as the nodes will, and each video is written as mp4."""
+BLADE schedule and no CFG, exactly as the nodes will, and each video is written as mp4. A family with several
+experts distils one of them; its validation videos come from that expert alone at every step, as it was trained."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def validation_videos(distiller: Distiller, sampler_name: str = "blade") -> list
     paths = []
     try:
         grid = latent_grid(bundle.family, frames=cfg.frames, height=cfg.height, width=cfg.width)
-        view = type(bundle)(family=bundle.family, transformer=models.transformer, vae=bundle.vae,
+        student = {name: models.transformer for name in bundle.family.expert_names}
+        view = type(bundle)(family=bundle.family, **student, vae=bundle.vae,
                             scheduler_config=bundle.scheduler_config, dtype=models.base_dtype)
         for n, index in enumerate(validation_indices(distiller)):
             sampler = make_sampler(sampler_name, bundle.family, distiller.scheduler_config, steps=cfg.num_steps)

@@ -6,6 +6,12 @@ methods do what differs between families: the latent layout, the transformer cal
 self-attention modules are and which ASA processor replaces them, the token grid of an input, the VAE's latent
 scaling, the scheduler, key layouts and shipped variants, and the tiny test models. Every shape check in the pack
 goes through :func:`check_video_size`, so one message tells the user which sizes are valid.
+
+Several families may share one architecture (the Wan2.1 and Wan2.2 models are all diffusers'
+``WanTransformer3DModel``): files are recognised by the architecture's key layout, then each family of that
+architecture is asked whether it :meth:`~ModelFamily.accepts` the shapes. A family may run several transformers
+("experts", e.g. one for high and one for low noise): :attr:`~ModelFamily.expert_names` names them as a diffusers
+pipeline does, and :meth:`~ModelFamily.expert_at` says which one denoises a timestep.
 """
 
 from __future__ import annotations
@@ -17,6 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+
+@dataclass(frozen=True)
+class ShippedVariant:
+    """A released model whose configs ship with the pack (``blade_ops/models/configs/*.json``)."""
+
+    name: str  # e.g. "wan2.1-t2v-1.3b"
+    transformer_config: str  # file name in blade_ops/models/configs
+    vae_config: str
+    description: str
+
 
 @dataclass(frozen=True)
 class ModelFamily:
@@ -55,6 +72,20 @@ class ModelFamily:
     flow_matching: bool  # velocity on sigma(t) = t / 1000 (Wan) rather than v-prediction on alphas_cumprod
     blade_timestep_spacing: str | None  # the blade sampler's spacing ("trailing" for CogVideoX), None = model's
     scheduler_defaults: Mapping[str, Any] = field(default_factory=dict)
+    variants: tuple[ShippedVariant, ...] = ()  # released models whose configs ship with the pack
+    # Families sharing one architecture (class names and key layouts) name its first family here; "" = its own.
+    architecture: str = ""
+    auto_detect: bool = True  # False: weights alike another family's; chosen only by name or a pipeline folder
+    expert_names: tuple[str, ...] = ("transformer",)  # bundle attributes holding the transformers, diffusers' names
+    expert_labels: tuple[str, ...] = ("",)  # what each expert does, for messages and tooltips ("high-noise")
+    student_expert: str = "transformer"  # the expert training distils when the config names none
+    baseline_steps: int = 50  # steps of the family's dense baseline
+    baseline_guidance_2: float | None = None  # baseline CFG of the second expert (diffusers' guidance_scale_2)
+
+    @property
+    def arch(self) -> str:
+        """The architecture's name: families with equal ``arch`` share class names, key layouts and converters."""
+        return self.architecture or self.name
 
     # ---- geometry --------------------------------------------------------------------------------------------
     @property
@@ -77,6 +108,39 @@ class ModelFamily:
         """Latent channels a loaded transformer takes (its config's in_channels)."""
         return int(getattr(transformer.config, "in_channels", self.latent_channels))
 
+    # ---- which family a model is -------------------------------------------------------------------------------
+    def accepts(self, part: str, structure: Mapping[str, Any]) -> bool:
+        """Whether weights with this structure (see :meth:`structure_from_shapes`) are a ``part`` of this family.
+
+        Default: a transformer whose input channels are the family's latent channels; any VAE of the architecture.
+        """
+        if part == "transformer":
+            return structure.get("in_channels", self.latent_channels) == self.latent_channels
+        return True
+
+    def owns_pipeline_index(self, index: Mapping[str, Any]) -> bool:
+        """Whether a diffusers pipeline folder's model_index.json describes a model of this family."""
+        return index.get("_class_name") in self.pipeline_classes
+
+    # ---- experts -----------------------------------------------------------------------------------------------
+    def expert_at(self, timestep: float, num_train_timesteps: int = 1000) -> int:
+        """Index into :attr:`expert_names` of the transformer that denoises ``timestep`` (one expert: always 0)."""
+        return 0
+
+    def expert_index(self, name: str | None) -> int:
+        """Index of an expert by name (None: the first); ValueError naming this family's experts otherwise."""
+        if name is None:
+            return 0
+        if name not in self.expert_names:
+            raise ValueError(
+                f"{self.label} has no expert {name!r}; its transformers are {', '.join(self.expert_names)}."
+            )
+        return self.expert_names.index(name)
+
+    def teacher_guidance_for(self, expert: int) -> float:
+        """CFG of the distillation teacher when ``expert`` is the one distilled."""
+        return self.teacher_guidance
+
     # ---- the transformer ---------------------------------------------------------------------------------------
     def owns_transformer(self, module: torch.nn.Module) -> bool:
         """Whether ``module`` is (a subclass of) this family's transformer class."""
@@ -85,6 +149,11 @@ class ModelFamily:
     def transformer_kwargs(self, transformer: torch.nn.Module, latents: torch.Tensor) -> dict[str, Any]:
         """Extra arguments of the transformer call for latents of this shape (computed once per run)."""
         return {}
+
+    def timestep_input(self, transformer: torch.nn.Module, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The transformer call's ``timestep`` for timestep ``t`` (a scalar or one per sample [B]) and ``latents``
+        [B, ...]: one value per sample [B] (a family may expand it, e.g. one per video token)."""
+        return t.expand(latents.shape[0]) if t.dim() == 0 else t
 
     def self_attentions(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
         """The attention modules ASA replaces, in block order."""
@@ -162,6 +231,16 @@ class ModelFamily:
     def tiny_scheduler(self) -> Any:
         """The family's stock baseline scheduler."""
         raise NotImplementedError
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """Arguments of the family's diffusers pipeline class besides its components (e.g. a boundary ratio)."""
+        return {}
+
+    def tiny_experts(self, seed: int = 0, text_dim: int = 32) -> dict[str, torch.nn.Module]:
+        """The transformers after the first of a family with several, at toy width, by expert name."""
+        return {
+            name: self.tiny_transformer(seed + 10 * i, text_dim) for i, name in enumerate(self.expert_names[1:], 1)
+        }
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .base import LatentScaling, ModelFamily
+from .base import LatentScaling, ModelFamily, ShippedVariant
 
 if TYPE_CHECKING:
     import torch
@@ -254,6 +254,16 @@ COGVIDEOX = CogVideoXFamily(
     lora_keys=re.compile(r"(^|\.)transformer_blocks\.\d+\.(attn1|ff|norm1)\."),
     known_widths={1920: "CogVideoX-2B", 3072: "CogVideoX-5B"},
     default_variant="cogvideox-5b",
+    variants=(
+        ShippedVariant(
+            "cogvideox-2b", "cogvideox-2b_transformer.json", "cogvideox-2b_vae.json",
+            "CogVideoX-2B: 30 layers, 30 heads x 64, sincos positions, VAE scaling 1.15258426",
+        ),
+        ShippedVariant(
+            "cogvideox-5b", "cogvideox-5b_transformer.json", "cogvideox-5b_vae.json",
+            "CogVideoX-5B: 42 layers, 48 heads x 64, rotary positions, VAE scaling 0.7",
+        ),
+    ),
     flow_matching=False,
     blade_timestep_spacing="trailing",
     scheduler_defaults={

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .base import LatentScaling, ModelFamily
+from .base import LatentScaling, ModelFamily, ShippedVariant
 
 if TYPE_CHECKING:
     import torch
@@ -72,6 +72,12 @@ class WanFamily(ModelFamily):
         pt, ph, pw = config.patch_size
         _, _, frames, height, width = hidden_states.shape
         return frames // pt, height // ph, width // pw
+
+    def accepts(self, part: str, structure: Mapping[str, Any]) -> bool:
+        """A transformer taking this family's latent channels, a VAE making them."""
+        if part == "vae":
+            return structure.get("z_dim") == self.latent_channels
+        return super().accepts(part, structure)
 
     # ---- latents and the VAE -----------------------------------------------------------------------------------
     def owns_vae_config(self, config: Mapping[str, Any]) -> bool:
@@ -226,9 +232,10 @@ class WanFamily(ModelFamily):
         ).eval()
 
     def tiny_scheduler(self) -> Any:
+        """UniPC flow matching with this family's settings (Wan2.1: shift 3.0)."""
         from diffusers import UniPCMultistepScheduler
 
-        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+        return UniPCMultistepScheduler(**{k: v for k, v in self.scheduler_defaults.items() if not k.startswith("_")})
 
 
 WAN = WanFamily(
@@ -263,6 +270,16 @@ WAN = WanFamily(
     lora_keys=re.compile(r"(^|\.)blocks\.\d+\.(attn1|attn2|ffn|self_attn|cross_attn)\."),
     known_widths={1536: "Wan2.1 1.3B", 5120: "Wan 14B", 3072: "Wan2.2 5B"},
     default_variant="wan2.1-t2v-1.3b",
+    variants=(
+        ShippedVariant(
+            "wan2.1-t2v-1.3b", "wan2.1-t2v-1.3b_transformer.json", "wan2.1_vae.json",
+            "Wan2.1 text-to-video 1.3B: dim 1536, 30 blocks, 12 heads x 128",
+        ),
+        ShippedVariant(
+            "wan2.1-t2v-14b", "wan2.1-t2v-14b_transformer.json", "wan2.1_vae.json",
+            "Wan2.1 text-to-video 14B: dim 5120, 40 blocks, 40 heads x 128",
+        ),
+    ),
     flow_matching=True,
     blade_timestep_spacing=None,
     scheduler_defaults={

@@ -130,14 +130,18 @@ def _check_safetensors(path: Path) -> None:
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+        header_len = int.from_bytes(head, "little")
+        # A pickle starts with PROTO (0x80); so may a safetensors header length (128 + 256k bytes): only a length
+        # that the file cannot hold, or a header that is not JSON, makes a leading 0x80 a pickle.
+        starts_json = head[:1] == b"\x80" and header_len <= size - 8 and f.read(1) == b"{"
+        if head[:2] == b"PK" or (head[:1] == b"\x80" and not starts_json):
             raise ValueError(
                 f"LoRA file {path.name!r} is a pickled PyTorch checkpoint, not safetensors; it is refused "
                 "(unpickling can run code). Only .safetensors LoRA files are accepted."
             )
+        f.seek(8)
         if len(head) < 8:
             raise ValueError(f"LoRA file {path.name!r} is truncated or empty ({size} bytes); re-download it.")
-        header_len = int.from_bytes(head, "little")
         if header_len > size - 8:
             first = f.read(1)
             if first != b"{":

@@ -1,10 +1,11 @@
-"""Model loading for Wan2.1-T2V (1.3B, 14B) and CogVideoX (2B, 5B): diffusers folders or single safetensors files.
+"""Model loading for Wan2.1-T2V (1.3B, 14B), Wan2.2 (TI2V-5B, T2V-A14B) and CogVideoX (2B, 5B): diffusers folders
+or single safetensors files.
 
 Public API::
 
     load_model_bundle(path, *, family=None, parts=("transformer", "vae", "text_encoder", "tokenizer"),
                       vae_path=None, text_encoder_path=None, config=None, dtype=torch.bfloat16, device="cpu",
-                      offload="none") -> ModelBundle
+                      offload="none", expert_paths=None) -> ModelBundle
     load_transformer(path, *, family=None, config=None, variant=None, dtype=torch.bfloat16, device="cpu")
     load_vae(path, *, family=None, config=None, variant=None, dtype=torch.bfloat16, device="cpu")
     load_text_encoder(path, *, dtype=torch.bfloat16, device="cpu") -> (encoder, tokenizer)

@@ -74,10 +74,12 @@ def tiny_scheduler(family: str):
 
 
 def tiny_components(family: str, seed: int = 0) -> dict:
-    """All five parts of a text-to-video model, keyed like a diffusers pipeline folder."""
+    """All parts of a text-to-video model, keyed like a diffusers pipeline folder (a family with several
+    transformers adds the others under their expert names, e.g. ``transformer_2``)."""
     tokenizer = build_word_tokenizer()
     return {
         "transformer": tiny_transformer(family, seed),
+        **get_family(family).tiny_experts(seed),
         "vae": tiny_vae(family, seed + 1),
         "text_encoder": tiny_text_encoder(family, vocab_size=len(tokenizer), seed=seed + 2),
         "tokenizer": tokenizer,
@@ -91,7 +93,8 @@ def save_tiny_diffusers_folder(family: str, path: str | Path, seed: int = 0) -> 
 
     path = Path(path)
     parts = tiny_components(family, seed)
-    pipeline = getattr(diffusers, get_family(family).pipeline_classes[0])(**parts)
+    fam = get_family(family)
+    pipeline = getattr(diffusers, fam.pipeline_classes[0])(**parts, **fam.pipeline_kwargs())
     pipeline.save_pretrained(path, safe_serialization=True)
     return path
 

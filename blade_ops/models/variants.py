@@ -1,7 +1,7 @@
 """Shipped model configs, and which one a set of tensors belongs to.
 
-Single-file checkpoints carry weights but no config. For the released variants the config ships with the pack
-(``configs/*.json``, values from the public diffusers configs: Wan2.1-T2V-1.3B/14B, CogVideoX-2b/5b). A file
+Single-file checkpoints carry weights but no config. For the released variants (each family adapter lists its own)
+the config ships with the pack (``configs/*.json``, values from the public diffusers configs). A file
 matches a variant when the shape-determined part of its config ("structure": widths, depths, channels) equals
 the variant's. Other files (fine-tunes with other widths, the tiny test models) get a config inferred from the
 shapes; settings that no tensor reveals (Wan's head count, CogVideoX's rotary flag, VAE norm groups, latent
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from ..families import COGVIDEOX, FAMILIES, WAN, get_family
+from ..families import FAMILIES, get_family
 
 logger = logging.getLogger(__name__)
 
@@ -34,38 +34,11 @@ class Variant:
     description: str
 
 
+# Each family adapter lists its released models (blade_ops/families); their configs ship in configs/.
 VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant(
-            "wan2.1-t2v-1.3b",
-            WAN.name,
-            "wan2.1-t2v-1.3b_transformer.json",
-            "wan2.1_vae.json",
-            "Wan2.1 text-to-video 1.3B: dim 1536, 30 blocks, 12 heads x 128",
-        ),
-        Variant(
-            "wan2.1-t2v-14b",
-            WAN.name,
-            "wan2.1-t2v-14b_transformer.json",
-            "wan2.1_vae.json",
-            "Wan2.1 text-to-video 14B: dim 5120, 40 blocks, 40 heads x 128",
-        ),
-        Variant(
-            "cogvideox-2b",
-            COGVIDEOX.name,
-            "cogvideox-2b_transformer.json",
-            "cogvideox-2b_vae.json",
-            "CogVideoX-2B: 30 layers, 30 heads x 64, sincos positions, VAE scaling 1.15258426",
-        ),
-        Variant(
-            "cogvideox-5b",
-            COGVIDEOX.name,
-            "cogvideox-5b_transformer.json",
-            "cogvideox-5b_vae.json",
-            "CogVideoX-5B: 42 layers, 48 heads x 64, rotary positions, VAE scaling 0.7",
-        ),
-    )
+    v.name: Variant(v.name, family.name, v.transformer_config, v.vae_config, v.description)
+    for family in FAMILIES.values()
+    for v in family.variants
 }
 # The variant whose invisible settings an inferred config starts from (the models BLADE was distilled on).
 DEFAULT_VARIANT = {name: family.default_variant for name, family in FAMILIES.items()}

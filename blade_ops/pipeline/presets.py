@@ -27,6 +27,10 @@ class Preset:
         """CFG scale of this preset for ``family`` (its baseline scale, or 1.0 without CFG)."""
         return family.baseline_guidance if self.cfg else 1.0
 
+    def guidance_2(self, family: FamilySpec) -> float | None:
+        """CFG scale of the family's second expert (Wan2.2 A14B's low-noise expert); None: the same as ``guidance``."""
+        return family.baseline_guidance_2 if self.cfg else None
+
     def dynamic_guidance(self, family: FamilySpec) -> bool:
         """Whether the scale ramps over the steps (CogVideoX-5B's baseline, diffusers' use_dynamic_cfg)."""
         return self.cfg and family.baseline_dynamic_guidance
@@ -39,7 +43,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "baseline": Preset(
         "baseline", "baseline", sparse=False, expects_lora=False, cfg=True,
-        description="dense attention, 50 steps, CFG (Wan 5.0; CogVideoX 6.0 dynamic)",
+        description="dense attention, the family's steps (50; Wan2.2 A14B 40) and CFG (Wan 5.0; CogVideoX 6.0 "
+        "dynamic; Wan2.2 A14B 4.0 / 3.0 per expert)",
     ),
 }
 
@@ -57,6 +62,7 @@ def preset_request(name: str, family: FamilySpec, prompt: str | list[str], **ove
         "prompt": prompt,
         "sampler": preset.sampler,
         "guidance": preset.guidance(family),
+        "guidance_2": preset.guidance_2(family),
         "dynamic_guidance": preset.dynamic_guidance(family),
     }
     fields.update({k: v for k, v in overrides.items() if v is not None})
@@ -71,12 +77,15 @@ def prepare_model(
     lora_strength: float = 1.0,
     asa_config=None,  # blade_ops.attention.ASAConfig; None: the LoRA's recorded settings, else the family's
     backend: str = "auto",
+    expert_loras: dict[str, tuple[str | Path, float]] | None = None,
 ) -> ModelBundle:
-    """Make ``bundle``'s transformer ready for ``preset``: ASA first, then the LoRA (the order BLADE trained in).
+    """Make ``bundle``'s transformers ready for ``preset``: ASA first, then the LoRA (the order BLADE trained in).
 
     Without ``asa_config``, a LoRA that records the ASA settings it was distilled with (``blade.asa`` metadata,
     written by ``training.distill``) gets those; otherwise the family's paper settings apply
-    (:func:`blade_ops.prepare.resolve_asa_config`). Modifies the transformer in place and returns the bundle.
+    (:func:`blade_ops.prepare.resolve_asa_config`). ``lora`` goes on the first transformer; a family with several
+    (experts) takes one more LoRA per expert in ``expert_loras`` ({"transformer_2": (path, strength)}), and ASA goes
+    on every expert. Modifies the transformers in place and returns the bundle.
     """
     from ..attention import ASAConfig
     from ..lora import read_lora
@@ -84,13 +93,20 @@ def prepare_model(
 
     p = get_preset(preset)
     bundle.require("transformer")
-    loras = [(read_lora(lora), lora_strength)] if lora is not None else []
+    family = bundle.family
+    chosen = {family.expert_names[0]: (lora, lora_strength), **(expert_loras or {})}
+    for name in chosen:
+        family.expert_index(name)  # raises naming the family's experts
     asa = None
     if p.sparse:
-        family = bundle.family.name
-        config = asa_config if asa_config is not None else ASAConfig.for_family(family)
-        asa = AsaRequest(family, config, backend, source="custom" if asa_config is not None else "lora")
-    prepare_transformer(bundle.transformer, asa=asa, loras=loras)
+        config = asa_config if asa_config is not None else ASAConfig.for_family(family.name)
+        asa = AsaRequest(family.name, config, backend, source="custom" if asa_config is not None else "lora")
+    loras = []
+    for name in family.expert_names:
+        path, strength = chosen.get(name, (None, 1.0))
+        these = [(read_lora(path), strength)] if path is not None else []
+        prepare_transformer(getattr(bundle, name), asa=asa, loras=these)
+        loras += these
     if not loras and p.expects_lora:
         logger.warning(
             "Preset %r without a BLADE LoRA: the base model in 8 steps without CFG gives blurry videos.", preset

@@ -43,6 +43,7 @@ class GenerationRequest:
     sampler: str = "blade"
     steps: int | None = None
     guidance: float = 1.0  # CFG scale; <= 1 runs one conditional pass per step
+    guidance_2: float | None = None  # CFG of a family's second expert (Wan2.2 A14B low-noise); None: ``guidance``
     dynamic_guidance: bool = False  # CogVideoX-5B's cosine-ramped CFG, as diffusers' use_dynamic_cfg
     seed: int = 0
     shift: float | None = None  # Wan flow shift for scheduler samplers (None: model config, 3.0)
@@ -68,6 +69,8 @@ class GenerationRequest:
             check_positive_int(name, getattr(self, name))
         check_seed(self.seed)
         check_guidance(self.guidance)
+        if self.guidance_2 is not None:
+            check_guidance(self.guidance_2)
         from ..sampling import available_samplers
 
         if self.sampler not in available_samplers():

@@ -45,7 +45,8 @@ def generate(
     sampler = make_sampler(
         request.sampler, family, bundle.scheduler_config, steps=request.steps, shift=request.shift, eta=request.eta
     )
-    guidance = Guidance(float(request.guidance), request.dynamic_guidance)
+    scale_2 = float(request.guidance_2) if request.guidance_2 is not None else None
+    guidance = Guidance(float(request.guidance), request.dynamic_guidance, scale_2)
     negative = request.negative_prompt
     if negative is None:
         negative = family.default_negative_prompt

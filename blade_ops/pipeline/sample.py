@@ -62,14 +62,17 @@ def sample_latents(
         sampler = make_sampler(sampler, family, bundle.scheduler_config, steps=steps)
     if not isinstance(guidance, Guidance):
         guidance = Guidance(float(guidance))
-    warn_off_schedule_loras(bundle.transformer, len(sampler.timesteps), guidance.scale if guidance.enabled else 1.0)
+    for expert in bundle.experts:
+        warn_off_schedule_loras(expert, len(sampler.timesteps), guidance.scale if guidance.enabled else 1.0)
     generator = torch.Generator("cpu").manual_seed(check_seed(seed))
     channels = family.latent_channels_of(bundle.transformer)
     noise = prepare_latents(
         family, embeds.cond.shape[0], latent_grid_, generator, channels=channels,
         init_noise_sigma=sampler.init_noise_sigma,
     )
-    place = on_device(bundle.transformer, device, offload=offload) if device is not None else contextlib.nullcontext()
-    with place:
+    with contextlib.ExitStack() as stack:
+        if device is not None:  # every expert: a run visits them all (offload="model" moves them back after)
+            for expert in bundle.experts:
+                stack.enter_context(on_device(expert, device, offload=offload))
         latents = denoise(bundle, embeds, noise, sampler, guidance, callback, generator)
     return latents.cpu()

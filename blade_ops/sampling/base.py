@@ -24,12 +24,17 @@ class Sampler(ABC):
 
     def __init__(self, family: FamilySpec, scheduler_config: dict | None = None, *, steps: int | None = None):
         if steps is None:
-            steps = self.default_steps
+            steps = self.default_steps_for(family)
         if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 1000:
             raise ValueError(f"steps={steps!r} is invalid for sampler {self.name!r}; use an integer in 1..1000.")
         self.family = family
         self.scheduler_config = scheduler_config
         self.steps = steps
+
+    @classmethod
+    def default_steps_for(cls, family: FamilySpec) -> int:
+        """Steps when a run names none (the sampler's own default; the baseline takes the family's)."""
+        return cls.default_steps
 
     @property
     def init_noise_sigma(self) -> float:

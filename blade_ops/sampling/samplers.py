@@ -77,9 +77,14 @@ class SchedulerSampler(Sampler):
 
 @register_sampler("baseline")
 class BaselineSampler(SchedulerSampler):
-    """The family's 50-step solver with the model's own scheduler settings (use with CFG)."""
+    """The family's dense solver with the model's own scheduler settings (use with CFG), for the family's number of
+    steps (50; Wan2.2 A14B 40)."""
 
     default_steps = 50
+
+    @classmethod
+    def default_steps_for(cls, family: FamilySpec) -> int:
+        return family.baseline_steps
 
 
 @register_sampler("blade")

@@ -355,3 +355,18 @@ def test_blade_lora_is_known_by_its_metadata_or_its_released_naming(tmp_path):
              for ab, t in (("A", a), ("B", b))}
     distilled = read_lora(save_lora(tmp_path / "four.safetensors", state, {"steps": 4}))
     assert distilled.info.blade and distilled.info.distilled_steps == 4
+
+
+def test_header_length_starting_with_the_pickle_byte_is_read(tmp_path):
+    """A safetensors header 128 + 256k bytes long starts with 0x80, pickle's first byte: still a LoRA file."""
+    from safetensors.torch import load_file
+
+    source = write_diffusers(tmp_path / "source.safetensors", random_lora(tiny_transformer("wan"), "wan"))
+    tensors = load_file(str(source))
+    for pad in range(256):
+        path = tmp_path / "padded.safetensors"
+        save_file(tensors, str(path), metadata={"pad": "a" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert read_lora(path).modules == read_lora(source).modules

@@ -65,3 +65,29 @@ def cog_forward(model, seed: int = 0) -> torch.Tensor:
 def meta_tensors(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """Shape-only tensors, to run key conversions on full-size layouts without memory."""
     return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+
+
+def fp8_scaled(state_dict: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """``state_dict`` (original Wan keys) as ComfyUI's fp8_scaled files hold it: every 2-D block weight as
+    float8_e4m3fn with its ``scale_weight`` (weight = fp8.float() * scale), the ``scaled_fp8`` marker, others bf16."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("blocks.") and key.endswith(".weight") and value.dim() == 2:
+            scale = value.abs().amax().float() / 448.0
+            out[prefix + key] = (value.float() / scale).to(torch.float8_e4m3fn)
+            out[prefix + key[: -len("weight")] + "scale_weight"] = scale.reshape(1)
+        else:
+            out[prefix + key] = value.to(torch.bfloat16)
+    out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return out
+
+
+def dequantised(fp8_file: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """What an fp8_scaled state dict stands for (original keys, prefix removed): weight.float() * scale_weight."""
+    out = {}
+    for key, value in fp8_file.items():
+        if key == "scaled_fp8" or key.endswith(".scale_weight"):
+            continue
+        scale = fp8_file.get(key[: -len("weight")] + "scale_weight")
+        out[key[len(prefix):]] = value.float() * scale if scale is not None else value.float()
+    return out

@@ -126,3 +126,29 @@ def test_vae_variant_picks_latent_scaling(files):
     """CogVideoX-2B and -5B share VAE weights; the variant decides the scaling factor."""
     vae = load_vae(files["cog_vae"], config=COG_TINY_VAE, variant="cogvideox-2b", dtype="fp32")
     assert vae.config.scaling_factor == pytest.approx(1.15258426)
+
+
+def test_fp8_scaled_file_is_dequantised(tmp_path, wan_tiny):
+    """ComfyUI's fp8_scaled layout: each fp8 weight times its scale_weight, the marker and scales dropped."""
+    from blade_ops.models import keymaps
+    from tests.models.model_helpers import dequantised, fp8_scaled
+
+    prefix = "model.diffusion_model."
+    packed = fp8_scaled(keymaps.wan_transformer_to_original(wan_tiny.state_dict()), prefix)
+    assert any(v.dtype == torch.float8_e4m3fn for v in packed.values())
+    path = save(packed, tmp_path / "wan_tiny_fp8_scaled.safetensors")
+    model = load_transformer(path, config=WAN_TINY_HEADS, dtype="fp32")
+    expected = type(wan_tiny).from_config(wan_tiny.config).eval()
+    expected.load_state_dict(keymaps.wan_transformer_to_diffusers(dequantised(packed, prefix)))
+    _same_weights(model, expected)
+    assert torch.equal(wan_forward(model), wan_forward(expected))
+    assert (wan_forward(model) - wan_forward(wan_tiny)).abs().max() < 0.1  # fp8 rounding, not a different model
+
+
+def test_quantization_metadata_repack_refused(tmp_path, files):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "wan_int8_convrot.safetensors"
+    save_file(load_file(str(files["wan_comfy"])), str(path), metadata={"_quantization_metadata": "{}"})
+    with pytest.raises(ValueError, match="_quantization_metadata .*Use the bf16, fp16 or fp8_scaled release"):
+        load_transformer(path, config=WAN_TINY_HEADS)

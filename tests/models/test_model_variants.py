@@ -91,8 +91,8 @@ def test_full_size_wan_vae_layout_agrees_with_diffusers_converter(tmp_path, full
     assert detect_variant(path, part="vae") == "wan2.1-t2v-1.3b"  # both Wan variants share this VAE
 
 
-def test_available_variants_lists_all_four():
-    assert set(available_variants()) == set(FACTS)
+def test_available_variants_lists_every_shipped_model():
+    assert set(available_variants()) == set(FACTS) | {"wan2.2-ti2v-5b", "wan2.2-t2v-a14b"}
 
 
 def test_asserted_variant_must_fit_a_full_size_file(tmp_path, full_shapes):

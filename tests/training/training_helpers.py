@@ -13,9 +13,11 @@ def tiny_bundle(family: str):
     from blade_ops.models.tiny import tiny_components
 
     parts = tiny_components(family)
+    fam = get_family(family)
+    experts = {name: parts[name] for name in fam.expert_names}  # two for Wan2.2 A14B
     return ModelBundle(
-        family=get_family(family), transformer=parts["transformer"], vae=parts["vae"],
-        text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], variant=f"tiny-{family}",
+        family=fam, **experts, vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+        variant=f"tiny-{family}",
     )
 
 
