@@ -182,20 +182,11 @@ def check_request_args(args: argparse.Namespace) -> None:
         raise ValueError("--transformer-2 is the second expert's file: give the first with --transformer.")
     if args.family is not None:
         check_size(args, args.family)
-    if args.model:
-        check_weight_path(args.model, "--model")
-    if args.transformer:
-        check_weight_path(args.transformer, "--transformer")
-    if args.transformer_2:
-        check_weight_path(args.transformer_2, "--transformer-2")
-    if args.vae:
-        check_weight_path(args.vae, "--vae")
-    if args.text_encoder:
-        check_weight_path(args.text_encoder, "--text-encoder")
-    if args.lora:
-        check_lora_path(args.lora, "--lora")
-    if args.lora_2:
-        check_lora_path(args.lora_2, "--lora-2")
+    for name in ("model", "transformer", "transformer_2", "vae", "text_encoder", "lora", "lora_2"):
+        value = getattr(args, name)
+        if value:
+            check = check_lora_path if name.startswith("lora") else check_weight_path
+            check(value, "--" + name.replace("_", "-"))
     _check_outputs(args)
 
 

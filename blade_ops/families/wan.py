@@ -26,6 +26,18 @@ WAN_NEGATIVE_PROMPT = (
     "background, three legs, many people in the background, walking backwards"
 )
 
+# A Wan VAE residual block's entries, original layout -> diffusers (Wan2.1 and Wan2.2 VAEs alike).
+WAN_VAE_RESNET_KEYS = {
+    "residual.0.gamma": "norm1.gamma",
+    "residual.2.weight": "conv1.weight",
+    "residual.2.bias": "conv1.bias",
+    "residual.3.gamma": "norm2.gamma",
+    "residual.6.weight": "conv2.weight",
+    "residual.6.bias": "conv2.bias",
+    "shortcut.weight": "conv_shortcut.weight",
+    "shortcut.bias": "conv_shortcut.bias",
+}
+
 try:  # optional, as in the Wan reference: repairs mojibake in user prompts
     import ftfy
 except ImportError:

@@ -17,20 +17,12 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .wan import WAN_VAE_RESNET_KEYS
+
 if TYPE_CHECKING:
     import torch
 
-# Residual block entries: original -> diffusers.
-_RESNET = {
-    "residual.0.gamma": "norm1.gamma",
-    "residual.2.weight": "conv1.weight",
-    "residual.2.bias": "conv1.bias",
-    "residual.3.gamma": "norm2.gamma",
-    "residual.6.weight": "conv2.weight",
-    "residual.6.bias": "conv2.bias",
-    "shortcut.weight": "conv_shortcut.weight",
-    "shortcut.bias": "conv_shortcut.bias",
-}
+_RESNET = WAN_VAE_RESNET_KEYS
 _RESNET_BACK = {v: k for k, v in _RESNET.items()}
 _SAMPLER = ("resample.", "time_conv.")
 _SIDES = {"encoder": ("downsamples", "down_blocks", "downsampler"), "decoder": ("upsamples", "up_blocks", "upsampler")}

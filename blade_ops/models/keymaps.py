@@ -15,6 +15,8 @@ import re
 
 import torch
 
+from ..families.wan import WAN_VAE_RESNET_KEYS
+
 # --------------------------------------------------------------------------------------------- Wan transformer
 _WAN_T_TOP_TO_ORIGINAL = (
     ("condition_embedder.time_embedder.linear_1.", "time_embedding.0."),
@@ -70,16 +72,7 @@ def wan_transformer_to_diffusers(state_dict: dict[str, torch.Tensor]) -> dict[st
 
 
 # ------------------------------------------------------------------------------------------------------ Wan VAE
-_RES_TO_DIFFUSERS = {
-    "residual.0.gamma": "norm1.gamma",
-    "residual.2.weight": "conv1.weight",
-    "residual.2.bias": "conv1.bias",
-    "residual.3.gamma": "norm2.gamma",
-    "residual.6.weight": "conv2.weight",
-    "residual.6.bias": "conv2.bias",
-    "shortcut.weight": "conv_shortcut.weight",
-    "shortcut.bias": "conv_shortcut.bias",
-}
+_RES_TO_DIFFUSERS = WAN_VAE_RESNET_KEYS
 _RES_TO_ORIGINAL = {v: k for k, v in _RES_TO_DIFFUSERS.items()}
 _VAE_FIXED_TO_DIFFUSERS = {
     "conv1.": "quant_conv.",
