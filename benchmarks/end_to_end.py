@@ -54,10 +54,11 @@ from blade_ops.text import encode_prompts  # noqa: E402
 
 logger = logging.getLogger("end_to_end")
 
-# Encoder geometry of google/umt5-xxl (Wan2.1) and google/t5-v1_1-xxl (CogVideoX): 24 layers, d_model 4096.
+# Encoder geometry of google/umt5-xxl (Wan) and google/t5-v1_1-xxl (CogVideoX): 24 layers, d_model 4096; keyed by
+# the transformers class a family's text encoder is.
 TEXT_ENCODERS = {
-    "wan": ("UMT5EncoderModel", "UMT5Config", 256384),
-    "cogvideox": ("T5EncoderModel", "T5Config", 32128),
+    "UMT5EncoderModel": ("UMT5Config", 256384),
+    "T5EncoderModel": ("T5Config", 32128),
 }
 XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, relative_attention_num_buckets=32,
            relative_attention_max_distance=128, feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0,
@@ -92,7 +93,8 @@ def build_random_bundle(variant: str, dtype: torch.dtype, device: torch.device) 
             cls = getattr(diffusers, cfg.pop("_class_name"))
             cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
             parts[part] = _cast(cls.from_config(cfg), dtype).eval()
-        model_cls, config_cls, vocab = TEXT_ENCODERS[family.name]
+        model_cls = family.text_encoder_classes[0]
+        config_cls, vocab = TEXT_ENCODERS[model_cls]
         config = getattr(transformers, config_cls)(vocab_size=vocab, **XXL)
         parts["text_encoder"] = getattr(transformers, model_cls)(config).to(dtype).eval()
     # The VAE stays in ``dtype`` as blade_ops.models loads it (bf16 decodes the Wan VAE 1.6x faster than fp32 on
