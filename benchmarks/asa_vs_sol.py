@@ -87,6 +87,12 @@ ASA_POINTS: dict[str, dict] = {
     "tau 0.98": {"tau": 0.98},
     "min 0.03 max 0.08, no global": {"min_ratio": 0.03, "max_ratio": 0.08, "use_global": False},
     "max 0.10, no global": {"max_ratio": 0.10, "use_global": False},
+    # estimate_tokens="pooled": block means instead of sampled tokens (more mass kept at equal density on the CPU)
+    "pooled estimate": {"estimate_tokens": "pooled"},
+    "pooled estimate, no global": {"estimate_tokens": "pooled", "use_global": False},
+    "pooled estimate, num_keep 16": {"estimate_tokens": "pooled", "num_keep": 16},
+    "pooled estimate, min 0.08, no global": {"estimate_tokens": "pooled", "min_ratio": 0.08, "use_global": False},
+    "pooled estimate, max 0.10": {"estimate_tokens": "pooled", "max_ratio": 0.10},
 }
 SOL_TAUS = (1.3, 2.0, 0.8, 1.0, 1.6, 2.5, 3.0)  # core's default 1.3 first
 SOL_AUG_TAUS = (1.3, 2.0)  # with token_aug 256, the node's default extra_tokens
@@ -97,11 +103,12 @@ def sweep_points(smoke: bool) -> list[tuple[str, str, dict]]:
     """(method, label, params) in priority order: defaults and core's defaults first."""
     asa = [("asa", label, over) for label, over in ASA_POINTS.items()]
     if smoke:
-        return [p for p in asa if p[1] in ("defaults", "no global", "num_keep 16", "min 0.12")]
+        return [p for p in asa if p[1] in ("defaults", "no global", "num_keep 16", "min 0.12", "pooled estimate")]
     sol = [("sol-attn", f"tau {t}", {"tau": t, "token_aug": 0}) for t in SOL_TAUS]
     sol += [("sol-attn", f"tau {t}, extra_tokens 256", {"tau": t, "token_aug": 256}) for t in SOL_AUG_TAUS]
     sla = [("sla", f"top-k {r:.2f}", {"topk_ratio": r}) for r in SLA_RATIOS]
-    head = asa[:2] + sol[:2] + sla[:1]
+    pooled = [p for p in asa if p[1] == "pooled estimate"]
+    head = asa[:2] + pooled + sol[:2] + sla[:1]
     rest = [p for p in asa + sol + sla if p not in head]
     return head + rest
 
@@ -243,6 +250,28 @@ def run_point(method: str, params: dict, fam: dict, shape: dict, backend: str, c
             "first_call_s": first_s, **extra}
 
 
+def check_pooled_estimate(device: torch.device) -> dict:
+    """The pooled-row estimate through the fused kernel (bf16 and, where supported, fp8) vs the torch reference."""
+    from blade_ops.attention.estimate import estimate_block_importance, pool_block_rows
+
+    torch.manual_seed(1)
+    q, k = (torch.randn(1, 2, 5000, 128, device=device, dtype=torch.bfloat16) for _ in range(2))
+    out = {}
+    for s in (16, 32):
+        qp, kp = pool_block_rows(q, s, 128), pool_block_rows(k, s, 128)
+        rows = torch.arange(s, device=device, dtype=torch.int32).expand(1, 2, s).contiguous()
+        for precision in ("bf16", "fp8"):
+            try:
+                ref = estimate_block_importance(qp, kp, rows, s, scale=128 ** -0.5, impl="torch", precision=precision)
+                got = estimate_block_importance(qp, kp, rows, s, scale=128 ** -0.5, impl="triton",
+                                                precision=precision)
+                out[f"pooled_S{s}_{precision}_max_rel_err"] = float((got - ref).abs().max() / ref.abs().max())
+            except Exception as err:  # fp8 on a GPU without fp8 tensor cores
+                out[f"pooled_S{s}_{precision}_error"] = repr(err)[:160]
+    logger.info("pooled estimate checks: %s", out)
+    return out
+
+
 def pareto(points: list[dict]) -> list[dict]:
     """Points no other point beats in both speed-up and error, fastest first."""
     front = [p for p in points if not any(
@@ -352,6 +381,8 @@ def main() -> None:
     }
     if ck is not None:
         results["env"]["comfy_kitchen"] = getattr(ck, "__version__", "?")
+    if device.type == "cuda":
+        results["checks"] = check_pooled_estimate(device)
     fams = {}
     for name in args.families.split(","):
         fams[name] = make_family(name, shape, device, dtype, bench)
