@@ -32,7 +32,7 @@ from ._permute import permute_and_fold, permute_tokens, pool_kv
 from .backends import KVBias, get_backend, resolve_backend
 from .config import ASAConfig
 from .curve import token_order
-from .estimate import estimate_block_importance, sample_offsets
+from .estimate import estimate_block_importance, pool_block_rows, sample_offsets
 from .mask import BlockSelection, select_blocks, text_block_range
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,11 @@ class ASAStats:
 @functools.lru_cache(maxsize=64)
 def _offsets(batch: int, heads: int, num_keep: int, block_size: int, device: torch.device) -> torch.Tensor:
     return sample_offsets(batch, heads, num_keep, block_size, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _all_rows(batch: int, heads: int, rows: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(rows, device=device, dtype=torch.int32).expand(batch, heads, rows).contiguous()
 
 
 def global_bias(num_video: int, gap: int) -> tuple[float, int]:
@@ -148,10 +153,17 @@ def asa_plan(
     b, h, length, _ = q.shape
     bs = config.block_size
     nkb = -(-length // bs)
-    offsets = _offsets(b, h, config.num_keep, bs, q.device)
-    importance = estimate_block_importance(
-        q.detach(), k.detach(), offsets, bs, impl=impl, precision=config.estimate_precision
-    )
+    s = config.num_keep
+    if config.estimate_tokens == "pooled":  # every pooled row is kept: blocks of s rows, offsets 0..s-1
+        qe, ke = pool_block_rows(q.detach(), s, bs), pool_block_rows(k.detach(), s, bs)
+        offsets = _all_rows(b, h, s, q.device)
+        importance = estimate_block_importance(qe, ke, offsets, s, scale=1.0 / math.sqrt(q.shape[-1]), impl=impl,
+                                               precision=config.estimate_precision)
+    else:
+        offsets = _offsets(b, h, s, bs, q.device)
+        importance = estimate_block_importance(
+            q.detach(), k.detach(), offsets, bs, impl=impl, precision=config.estimate_precision
+        )
     return select_blocks(
         importance,
         config.tau,

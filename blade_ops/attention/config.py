@@ -12,6 +12,7 @@ from typing import Any
 
 GLOBAL_MODES = ("auto", "fold", "merge")
 ESTIMATE_PRECISIONS = ("auto", "bf16", "fp8")  # kept equal to estimate.ESTIMATE_PRECISIONS (a test checks)
+ESTIMATE_TOKENS = ("sampled", "pooled")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class ASAConfig:
     # The estimate only ranks blocks: "auto" scores e4m3 copies of the sampled tokens where the GPU has fp8 tensor
     # cores (same attention mass kept, about 60% of the bf16 estimate's time), else bf16.
     estimate_precision: str = "auto"
+    # Rows the estimate scores per block: "sampled" (the reference: num_keep tokens of the block) or "pooled" (each
+    # row the mean of block_size/num_keep consecutive curve-order tokens, so every token counts; same estimate cost
+    # plus one read of q and k; more attention mass kept at the same density, benchmarks/asa_vs_sol.py).
+    estimate_tokens: str = "sampled"
 
     def __post_init__(self) -> None:
         bs = self.block_size
@@ -69,6 +74,13 @@ class ASAConfig:
         if self.estimate_precision not in ESTIMATE_PRECISIONS:
             raise ValueError(
                 f"estimate_precision={self.estimate_precision!r} is not one of {ESTIMATE_PRECISIONS}."
+            )
+
+        if self.estimate_tokens not in ESTIMATE_TOKENS:
+            raise ValueError(f"estimate_tokens={self.estimate_tokens!r} is not one of {ESTIMATE_TOKENS}.")
+        if self.estimate_tokens == "pooled" and bs % self.num_keep:
+            raise ValueError(
+                f"estimate_tokens='pooled' needs num_keep to divide block_size={bs}; got num_keep={self.num_keep}."
             )
 
     def min_blocks(self, num_key_blocks: int) -> int:

@@ -15,6 +15,10 @@ score matrix; the PyTorch version here is the reference and the CPU path.
 one per sampled key block, amax / 448): on GPUs with fp8 tensor cores the estimate then costs about 60% of the
 bf16 one, and it only ranks blocks, so the selection it leads to keeps the same attention mass (docs/BENCHMARKS.md).
 "auto" picks fp8 where the fused kernel can run it, else bf16.
+
+:func:`pool_block_rows` offers pooled rows instead of sampled tokens (``ASAConfig.estimate_tokens="pooled"``): each
+block's ``num_keep`` rows are the means of its ``block_size/num_keep`` consecutive tokens, so the estimate sees every
+token at the same cost; the pooled rows then go through the same estimate as blocks of ``num_keep`` rows, all kept.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ESTIMATE_PRECISIONS", "sample_offsets", "estimate_block_importance", "estimate_block_importance_reference",
-    "quantise_sampled_reference",
+    "quantise_sampled_reference", "pool_block_rows",
 ]
 
 ESTIMATE_PRECISIONS = ("auto", "bf16", "fp8")
@@ -66,6 +70,27 @@ def _sample_rows(x: torch.Tensor, offsets: torch.Tensor, block_size: int) -> tor
     idx = torch.arange(nb, device=x.device).view(1, 1, nb, 1) * block_size + offsets.view(b, h, 1, s).long()
     idx = idx.clamp_max(length - 1).view(b, h, nb * s, 1).expand(b, h, nb * s, d)
     return torch.gather(x, 2, idx).view(b, h, nb, s, d)
+
+
+@torch.no_grad()
+def pool_block_rows(x: torch.Tensor, num_keep: int, block_size: int) -> torch.Tensor:
+    """x [B, H, L, D] -> [B, H, nb*num_keep, D] in x's dtype: row j of block i is the mean of tokens
+    i*block_size + j*g ... + (j+1)*g - 1, g = block_size/num_keep (float32 accumulation). A last partial block is
+    padded by replicating the last token, as the sampled estimate does."""
+    if block_size % num_keep:
+        raise ValueError(f"num_keep={num_keep} must divide block_size={block_size} for pooled rows.")
+    b, h, length, d = x.shape
+    nb, g = -(-length // block_size), block_size // num_keep
+    full = length // block_size
+    parts = []
+    if full:
+        body = x[:, :, : full * block_size].unflatten(2, (full * num_keep, g))
+        parts.append(body.sum(dim=3, dtype=torch.float32).div_(g).to(x.dtype))
+    if nb > full:
+        idx = torch.arange(full * block_size, nb * block_size, device=x.device).clamp_max_(length - 1)
+        tail = x.index_select(2, idx).unflatten(2, (num_keep, g))
+        parts.append(tail.sum(dim=3, dtype=torch.float32).div_(g).to(x.dtype))
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
 @torch.no_grad()

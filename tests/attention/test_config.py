@@ -38,6 +38,8 @@ def test_defaults_and_presets():
         ({"use_global": 1}, "use_global=1"),
         ({"global_mode": "both"}, "global_mode='both'"),
         ({"estimate_precision": "fp16"}, "estimate_precision='fp16' is not one of"),
+        ({"estimate_tokens": "mean"}, "estimate_tokens='mean' is not one of"),
+        ({"estimate_tokens": "pooled", "num_keep": 24}, "num_keep to divide block_size=128; got num_keep=24"),
     ],
 )
 def test_validation(kwargs, text):

@@ -180,3 +180,29 @@ def test_triton_fp8_matches_its_reference(d, length, s):
     # Same e4m3 tokens; fp8 tensor cores accumulate with fewer mantissa bits than fp32 (H100, measured: up to
     # 2.2e-4 absolute, 0.6% relative on P), far below what quantising the tokens changes (about 5e-2).
     torch.testing.assert_close(out, ref, atol=5e-4, rtol=1e-2)
+
+
+def test_pooled_rows_are_group_means_with_replicate_padding():
+    torch.manual_seed(0)
+    from blade_ops.attention.estimate import pool_block_rows
+
+    x = torch.randn(1, 2, 300, 8)  # 2 full blocks of 128 and a partial one of 44 tokens
+    out = pool_block_rows(x, 16, 128)
+    padded = torch.cat([x, x[:, :, -1:].expand(1, 2, 3 * 128 - 300, 8)], dim=2)
+    assert out.shape == (1, 2, 3 * 16, 8)
+    torch.testing.assert_close(out, padded.view(1, 2, 48, 8, 8).mean(3))
+    with pytest.raises(ValueError, match="must divide"):
+        pool_block_rows(x, 24, 128)
+
+
+def test_pooled_estimate_with_one_token_per_row_is_the_full_sample():
+    """num_keep == block_size: pooled rows are the tokens themselves, and sampling takes every offset."""
+    from blade_ops.attention.asa import asa_plan
+    from blade_ops.attention.config import ASAConfig
+
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 200, 16), torch.randn(1, 2, 200, 16)
+    plans = [asa_plan(q, k, num_text_tokens=0, config=ASAConfig(block_size=16, num_keep=16, estimate_tokens=t,
+                                                                 min_ratio=0.2, max_ratio=0.6))
+             for t in ("sampled", "pooled")]
+    assert torch.equal(plans[0].dense, plans[1].dense)
