@@ -35,7 +35,9 @@ def core_lora_patches(model, lora) -> dict:
 
     from ..blade_ops.models.keymaps import wan_transformer_key_to_original
 
-    model_sd = model.model.state_dict()
+    # The parameters themselves, not state_dict(): ComfyUI-GGUF's layers save quantised weights as meta tensors of
+    # their packed byte shape (a Q8_0 256x256 weight saves as 256x272); its parameters report the real shape.
+    weights = dict(model.model.named_parameters())
     tensors: dict[str, torch.Tensor] = {}
     key_map: dict[str, str] = {}
     missing, wrong_shape = [], []
@@ -43,10 +45,10 @@ def core_lora_patches(model, lora) -> dict:
         key = "diffusion_model." + wan_transformer_key_to_original(module + ".weight")
         down = lora.state_dict[module + ".lora_A.weight"]
         up = lora.state_dict[module + ".lora_B.weight"]
-        if key not in model_sd:
+        if key not in weights:
             missing.append(f"{module} -> {key}")
             continue
-        shape = tuple(getattr(model_sd[key], "tensor_shape", model_sd[key].shape))  # GGUF tensors keep theirs
+        shape = tuple(weights[key].shape)
         if shape != (up.shape[0], down.shape[1]):
             wrong_shape.append(f"{module}: LoRA {up.shape[0]}x{down.shape[1]}, model {'x'.join(map(str, shape))}")
             continue
