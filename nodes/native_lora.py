@@ -5,8 +5,9 @@ keys for Wan, but has no map for the diffusers naming BLADE releases (``transfor
 skips every such key with a "lora key not loaded" line and samples the base model. Here the file is read by the
 pack (every naming, checked, normalised to diffusers module paths), each module is mapped to core's key
 (``diffusion_model.blocks.0.self_attn.q.weight``) and the patches go through core's own ``comfy.lora.load_lora``
-and ``ModelPatcher.add_patches``, so they apply to fp8 and offloaded weights and come off the way core removes
-patches. A LoRA of which any module has no place in the model is refused whole, never applied in part.
+and ``ModelPatcher.add_patches``, so they apply to fp8 and offloaded weights, and to ComfyUI-GGUF's quantised ones
+through its own patcher, and come off the way core removes patches. A LoRA of which any module has no place in
+the model is refused whole, never applied in part.
 """
 
 from __future__ import annotations
@@ -92,8 +93,9 @@ class BladeNativeLoRA:
     DESCRIPTION = (
         "Adds a LoRA from models/loras to a Wan MODEL from ComfyUI's loaders: BLADE's 8-step LoRA "
         "(pytorch_lora_weights.safetensors, diffusers naming, which core's LoRA loader skips) or any Wan LoRA in "
-        "kohya or original Wan naming. Applied through ComfyUI's own patcher, so it works on fp8 and offloaded "
-        "weights. A LoRA that does not fit the model is refused whole. The ASA settings a BLADE LoRA records reach "
+        "kohya or original Wan naming. Applied through ComfyUI's own patcher, so it works on fp8, GGUF "
+        "(ComfyUI-GGUF's Unet Loader) and offloaded weights. A LoRA that does not fit the model is refused whole. "
+        "The ASA settings a BLADE LoRA records reach "
         "BLADE ASA (ComfyUI model) when its settings say so."
     )
     CATEGORY = CATEGORY
