@@ -5,8 +5,9 @@ keys for Wan, but has no map for the diffusers naming BLADE releases (``transfor
 skips every such key with a "lora key not loaded" line and samples the base model. Here the file is read by the
 pack (every naming, checked, normalised to diffusers module paths), each module is mapped to core's key
 (``diffusion_model.blocks.0.self_attn.q.weight``) and the patches go through core's own ``comfy.lora.load_lora``
-and ``ModelPatcher.add_patches``, so they apply to fp8 and offloaded weights and come off the way core removes
-patches. A LoRA of which any module has no place in the model is refused whole, never applied in part.
+and ``ModelPatcher.add_patches``, so they apply to fp8 and offloaded weights, and to ComfyUI-GGUF's quantised ones
+through its own patcher, and come off the way core removes patches. A LoRA of which any module has no place in
+the model is refused whole, never applied in part.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def core_lora_patches(model, lora) -> dict:
 
     from ..blade_ops.models.keymaps import wan_transformer_key_to_original
 
-    model_sd = model.model.state_dict()
+    # The parameters themselves, not state_dict(): ComfyUI-GGUF's layers save quantised weights as meta tensors of
+    # their packed byte shape (a Q8_0 256x256 weight saves as 256x272); its parameters report the real shape.
+    weights = dict(model.model.named_parameters())
     tensors: dict[str, torch.Tensor] = {}
     key_map: dict[str, str] = {}
     missing, wrong_shape = [], []
@@ -43,10 +46,10 @@ def core_lora_patches(model, lora) -> dict:
         key = "diffusion_model." + wan_transformer_key_to_original(module + ".weight")
         down = lora.state_dict[module + ".lora_A.weight"]
         up = lora.state_dict[module + ".lora_B.weight"]
-        if key not in model_sd:
+        if key not in weights:
             missing.append(f"{module} -> {key}")
             continue
-        shape = tuple(getattr(model_sd[key], "tensor_shape", model_sd[key].shape))  # GGUF tensors keep theirs
+        shape = tuple(weights[key].shape)
         if shape != (up.shape[0], down.shape[1]):
             wrong_shape.append(f"{module}: LoRA {up.shape[0]}x{down.shape[1]}, model {'x'.join(map(str, shape))}")
             continue
@@ -90,8 +93,9 @@ class BladeNativeLoRA:
     DESCRIPTION = (
         "Adds a LoRA from models/loras to a Wan MODEL from ComfyUI's loaders: BLADE's 8-step LoRA "
         "(pytorch_lora_weights.safetensors, diffusers naming, which core's LoRA loader skips) or any Wan LoRA in "
-        "kohya or original Wan naming. Applied through ComfyUI's own patcher, so it works on fp8 and offloaded "
-        "weights. A LoRA that does not fit the model is refused whole. The ASA settings a BLADE LoRA records reach "
+        "kohya or original Wan naming. Applied through ComfyUI's own patcher, so it works on fp8, GGUF "
+        "(ComfyUI-GGUF's Unet Loader) and offloaded weights. A LoRA that does not fit the model is refused whole. "
+        "The ASA settings a BLADE LoRA records reach "
         "BLADE ASA (ComfyUI model) when its settings say so."
     )
     CATEGORY = CATEGORY
