@@ -1,4 +1,5 @@
-"""Prepare a transformer for a run: ASA first, then the LoRAs, with the ASA settings a BLADE LoRA records.
+"""Prepare a transformer for a run: ASA first, then the LoRAs, with the ASA settings a BLADE LoRA records; then,
+when asked, fp8 linear layers (:mod:`blade_ops.models.fp8_linear`), which quantise the weights as the LoRAs left them.
 
 BLADE (arXiv 2508.10774, Sec. 3.3) distils its LoRA with ASA in the loop, so a BLADE LoRA records the selection
 settings it was trained with (``blade.asa`` metadata, written by ``training.distill``). One rule decides which
@@ -87,12 +88,17 @@ class PreparedTransformer:
     asa_handle: Any = None  # blade_ops.attention.ASAHandle, or None without ASA
     asa_origin: str | None = None
     adapters: list[str] = field(default_factory=list)
+    fp8_linears: Any = None  # blade_ops.models.fp8_linear.Fp8Linears, or None without fp8 linears
 
     def undo(self) -> None:
-        """Remove the LoRAs (last first), then ASA; the transformer is as before :func:`prepare_transformer`."""
+        """Restore the fp8 linears, remove the LoRAs (last first), then ASA; the transformer is as before
+        :func:`prepare_transformer`."""
         from .attention import remove_asa
         from .lora import remove_lora
 
+        if self.fp8_linears is not None:
+            self.fp8_linears.restore()
+            self.fp8_linears = None
         while self.adapters:
             remove_lora(self.transformer, self.adapters.pop())
         if self.asa_handle is not None:
@@ -106,8 +112,12 @@ def prepare_transformer(
     asa: AsaRequest | None,
     loras: Sequence[tuple[Any, float]] = (),
     merge: bool = False,
+    fp8_linears: bool = False,
+    device: Any = None,
 ) -> PreparedTransformer:
-    """Install ASA (when ``asa`` is given) with the settings :func:`resolve_asa_config` picks, then apply ``loras``.
+    """Install ASA (when ``asa`` is given) with the settings :func:`resolve_asa_config` picks, then apply ``loras``,
+    then, with ``fp8_linears``, replace the blocks' linear layers by fp8 ones for a run on ``device`` (default: where
+    the transformer is; it must have fp8 tensor cores: :func:`blade_ops.models.fp8_linear.check_fp8_device`).
 
     ``loras``: (blade_ops.lora.LoRAFile, strength) pairs in chain order, applied unmerged unless ``merge``. On
     any error, what was already put on is taken off again before the error propagates.
@@ -124,6 +134,10 @@ def prepare_transformer(
             prepared.asa_origin = origin
         for lora, strength in loras:
             prepared.adapters.append(apply_lora(transformer, lora, strength=strength, merge=merge))
+        if fp8_linears:
+            from .models.fp8_linear import install_fp8_linears
+
+            prepared.fp8_linears = install_fp8_linears(transformer, device=device)
     except BaseException:
         prepared.undo()
         raise
@@ -132,10 +146,10 @@ def prepare_transformer(
 
 @contextlib.contextmanager
 def prepared_transformer(
-    transformer: Any, *, asa: AsaRequest | None, loras: Sequence[tuple[Any, float]] = ()
+    transformer: Any, *, asa: AsaRequest | None, loras: Sequence[tuple[Any, float]] = (), fp8_linears: bool = False
 ) -> Iterator[PreparedTransformer]:
     """:func:`prepare_transformer` for the duration of a ``with`` block (also when it fails or is cancelled)."""
-    prepared = prepare_transformer(transformer, asa=asa, loras=loras)
+    prepared = prepare_transformer(transformer, asa=asa, loras=loras, fp8_linears=fp8_linears)
     try:
         yield prepared
     finally:

@@ -15,8 +15,9 @@ from .types import BladeModel
 
 
 @contextmanager
-def patched(model: BladeModel) -> Iterator[object]:
-    """Yield ASA's handle on the first transformer (or None) while the transformers carry ``model``'s patches.
+def patched(model: BladeModel, *, fp8_linears: bool = False) -> Iterator[object]:
+    """Yield ASA's handle on the first transformer (or None) while the transformers carry ``model``'s patches (and,
+    with ``fp8_linears``, fp8 linear layers put on after them: blade_ops.models.fp8_linear).
 
     A family with several transformers (experts) gets ASA on each, and each LoRA on the expert it names."""
     from ..blade_ops.prepare import prepared_transformer
@@ -27,7 +28,7 @@ def patched(model: BladeModel) -> Iterator[object]:
         for index, name in enumerate(family.expert_names):
             loras = [(p.lora, p.strength) for p in model.loras if family.expert_index(p.expert) == index]
             prepared = stack.enter_context(
-                prepared_transformer(getattr(model.bundle, name), asa=model.asa, loras=loras)
+                prepared_transformer(getattr(model.bundle, name), asa=model.asa, loras=loras, fp8_linears=fp8_linears)
             )
             handles.append(prepared.asa_handle)
         yield handles[0]

@@ -28,6 +28,8 @@ OOM_ADVICE = (
 
 
 NODE_NAME = "BLADE Sampler"
+# linear_precision choices -> whether the transformer blocks' linear layers run in fp8 (blade_ops.models.fp8_linear)
+LINEAR_PRECISIONS = {"as loaded": False, "fp8_e4m3 (per-channel)": True}
 GUIDANCE = {"default": 1.0, "min": 0.0, "max": 50.0, "step": 0.1, "round": 0.01,
             "tooltip": "CFG scale; 1.0 = off (BLADE). Above 1 uses the negative prompt and costs a second pass "
             "per step."}
@@ -113,6 +115,13 @@ class BladeSamplerNode:
             "optional": {
                 "latent": ("LATENT", {"tooltip": "Optional empty video latent: takes its size and batch instead of "
                                       "width/height/frames (its content is not used: text-to-video)."}),
+                "linear_precision": (list(LINEAR_PRECISIONS), {
+                    "default": "as loaded",
+                    "tooltip": "fp8_e4m3: the transformer blocks' attention projections and feed-forward layers run "
+                    "as fp8 matrix products (weights per output channel, activations per token; a LoRA's own "
+                    "branch stays as loaded), for this run only. Needs fp8 tensor cores (RTX 40xx, H100 and "
+                    "later); elsewhere it is an error. For ComfyUI's own Wan models use core's fp8 weights and "
+                    "--fast fp8_matrix_mult instead."}),
             },
         }
 
@@ -129,11 +138,21 @@ class BladeSamplerNode:
         frames: int = 81,
         dynamic_guidance: bool = False,
         latent: dict | None = None,
+        linear_precision: str | None = None,  # None (an older workflow without this input): "as loaded"
     ) -> tuple[dict]:
         from ..blade_ops.models import on_device
         from ..blade_ops.pipeline import Guidance, latent_grid, sample_latents
 
         guidance = finite_float(guidance, "guidance", NODE_NAME, GUIDANCE)
+        linear_precision = linear_precision or "as loaded"
+        if linear_precision not in LINEAR_PRECISIONS:
+            raise ValueError(f"{NODE_NAME}: linear_precision={linear_precision!r} is not one of "
+                             f"{list(LINEAR_PRECISIONS)}.")
+        fp8 = LINEAR_PRECISIONS[linear_precision]
+        if fp8:
+            from ..blade_ops.models.fp8_linear import check_fp8_device
+
+            check_fp8_device(bridge.torch_device())
         family = model.family
         model.bundle.require("transformer")
         batch = embeds.cond.shape[0]
@@ -163,7 +182,9 @@ class BladeSamplerNode:
         with bridge.oom_advice(what, OOM_ADVICE), ExitStack() as placed:
             for expert in model.bundle.experts:  # every transformer of the model (Wan2.2 A14B: both experts)
                 placed.enter_context(on_device(expert, bridge.torch_device(), offload="model"))
-            with patched(model):  # ASA picks its kernel for the device the transformer is on, so patch after moving
+            # ASA picks its kernel for the device the transformer is on (fp8 linears quantise there): patch after
+            # moving
+            with patched(model, fp8_linears=fp8):
                 latents = sample_latents(model.bundle, embeds, grid=grid, sampler=scheduler, steps=steps,
                                          guidance=guide, seed=check_seed(int(seed)), callback=on_step)
         samples = vae_scale_latents(model, latents)

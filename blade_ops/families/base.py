@@ -66,6 +66,9 @@ class ModelFamily:
     text_encoder_classes: tuple[str, ...]
     block_list: str  # attribute of the transformer holding its blocks (compiled one by one)
     lora_targets: tuple[str, ...]  # module-name suffixes of the student LoRA
+    # Paths inside each block of the per-token nn.Linear layers (attention projections, feed-forward) that fp8
+    # linears may replace (blade_ops.models.fp8_linear); per-sample modulation layers are not listed.
+    fp8_linears: tuple[str, ...]
     lora_keys: re.Pattern  # what a LoRA's keys of this family look like
     known_widths: Mapping[int, str]  # model width -> released model, to say what a LoRA was made for
     default_variant: str  # the shipped variant whose unseen settings an inferred config starts from

@@ -251,6 +251,8 @@ COGVIDEOX = CogVideoXFamily(
     text_encoder_classes=("T5EncoderModel",),
     block_list="transformer_blocks",
     lora_targets=("to_q", "to_k", "to_v", "to_out.0"),
+    # norm1.linear / norm2.linear (the adaptive-norm modulation) act once per sample, not per token: left as they are
+    fp8_linears=("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2"),
     lora_keys=re.compile(r"(^|\.)transformer_blocks\.\d+\.(attn1|ff|norm1)\."),
     known_widths={1920: "CogVideoX-2B", 3072: "CogVideoX-5B"},
     default_variant="cogvideox-5b",

@@ -279,6 +279,10 @@ WAN = WanFamily(
     text_encoder_classes=("UMT5EncoderModel",),
     block_list="blocks",
     lora_targets=("to_q", "to_k", "to_v", "to_out.0"),
+    fp8_linears=(
+        *(f"{attn}.{proj}" for attn in ("attn1", "attn2") for proj in ("to_q", "to_k", "to_v", "to_out.0")),
+        "ffn.net.0.proj", "ffn.net.2",
+    ),
     lora_keys=re.compile(r"(^|\.)blocks\.\d+\.(attn1|attn2|ffn|self_attn|cross_attn)\."),
     known_widths={1536: "Wan2.1 1.3B", 5120: "Wan 14B", 3072: "Wan2.2 5B"},
     default_variant="wan2.1-t2v-1.3b",

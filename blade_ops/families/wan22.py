@@ -158,6 +158,7 @@ _WAN_FIELDS = dict(
     text_encoder_classes=WAN.text_encoder_classes,
     block_list=WAN.block_list,
     lora_targets=WAN.lora_targets,
+    fp8_linears=WAN.fp8_linears,
     lora_keys=WAN.lora_keys,
     known_widths=dict(WAN.known_widths),
     flow_matching=True,

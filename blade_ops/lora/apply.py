@@ -7,7 +7,9 @@ one adapter of that layer is merged, so its merge cannot be mixed with switchabl
 LoRA are kept so that it can be unmerged, re-weighted or removed again.
 
 ASA attention processors call ``attn.to_q(...)`` and friends, so both paths apply under them unchanged; REFERENCE.md
-("Inference with a BLADE LoRA") installs ASA first, then loads the LoRA, and either order works here.
+("Inference with a BLADE LoRA") installs ASA first, then loads the LoRA, and either order works here. fp8 linear
+layers (blade_ops.models.fp8_linear) go on after the LoRAs; while they are installed, no LoRA is added, merged,
+unmerged or removed (the fp8 weights would not follow).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from ..finite import check_finite, count_nonfinite, is_finite
+from ..models.fp8_linear import refuse_while_installed
 from .fit import check_lora_fits, linear_of
 from .formats import LoRAFile, LoRAInfo, read_lora
 
@@ -134,6 +137,7 @@ def _add_delta(transformer: nn.Module, factors: Factors, coeff: float, what: str
     """
     if coeff == 0:
         return
+    refuse_while_installed(transformer, what)
     bad = [(m, p, new) for m, p, new in _module_updates(transformer, factors, coeff) if not is_finite(new)]
     if bad:
         found = [count_nonfinite(m, new) for m, _, new in bad]
@@ -148,6 +152,7 @@ def _add_delta(transformer: nn.Module, factors: Factors, coeff: float, what: str
 
 
 def _load_peft(transformer: nn.Module, name: str, factors: Factors) -> None:
+    refuse_while_installed(transformer, f"Loading LoRA {name!r}")
     state: dict[str, torch.Tensor] = {}
     for module, (a, b, bias) in factors.items():
         state[f"{module}.lora_A.weight"] = a
@@ -177,6 +182,7 @@ def _drop_peft(transformer: nn.Module, name: str) -> None:
     """Delete one peft adapter; unwrap the peft layers once no adapter is left."""
     from diffusers.utils.peft_utils import recurse_remove_peft_layers
 
+    refuse_while_installed(transformer, f"Removing LoRA {name!r}")
     transformer.delete_adapters(name)
     if not getattr(transformer, "peft_config", None):
         recurse_remove_peft_layers(transformer)
@@ -221,6 +227,7 @@ def apply_lora(
     Raises ValueError if the LoRA does not fit the model entirely (nothing is changed then).
     """
     strength = _check_strength(strength)
+    refuse_while_installed(transformer, "Applying a LoRA")
     lora = lora if isinstance(lora, LoRAFile) else read_lora(lora)
     check_lora_fits(transformer, lora)
     name = _new_name(transformer, adapter_name, lora)

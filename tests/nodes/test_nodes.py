@@ -162,6 +162,16 @@ def test_impossible_size_names_valid_values(nodes, wan, wan_embeds):
         _sample(nodes, wan, wan_embeds, frames=6)
 
 
+def test_fp8_linear_precision_without_fp8_tensor_cores_is_an_error(nodes, wan, wan_embeds, monkeypatch):
+    import blade_pack.nodes.sampler as sampler
+
+    monkeypatch.setattr(sampler.bridge, "torch_device", lambda: torch.device("cpu"))
+    with pytest.raises(RuntimeError, match=r"fp8 tensor cores \(compute capability 8\.9 or later"):
+        _sample(nodes, wan, wan_embeds, linear_precision="fp8_e4m3 (per-channel)")
+    with pytest.raises(ValueError, match="linear_precision='fp16' is not one of"):
+        _sample(nodes, wan, wan_embeds, linear_precision="fp16")
+
+
 def test_guidance_without_negative_is_explained(pack, nodes, wan):
     from blade_pack.blade_ops.text import PromptEmbeds
 

@@ -74,6 +74,14 @@ def test_bad_crf_fails_before_any_model_loads(tmp_path, capsys, monkeypatch):
     assert "--vae-chunk 0: give at least 1 latent frame" in capsys.readouterr().err
 
 
+def test_fp8_linear_without_fp8_tensor_cores_fails_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import blade_ops.generate as cli
+
+    monkeypatch.setattr(cli, "load_bundle", lambda *a, **k: pytest.fail("loaded a model before refusing --fp8-linear"))
+    assert main(["--demo", "--fp8-linear", "--device", "cpu", "--output", str(tmp_path / "x.mp4")]) == 2
+    assert "fp8 linear layers need a CUDA GPU with fp8 tensor cores (compute capability 8.9" in capsys.readouterr().err
+
+
 def test_compile_vae_flag_compiles_the_wan_decoder_before_generating(tmp_path, monkeypatch):
     import blade_ops.pipeline.compile as compile_module
 

@@ -67,8 +67,9 @@ def test_toy_experiment_smoke(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [s["label"].split(" ")[0] for s in results["scores"]] == ["teacher"] * 4 + ["BLADE"] * 2
     assert results["scores"][2]["density"] < 1.0 and (tmp_path / "toy_blade_lora.safetensors").is_file()
+    # the student at step 0
     assert results["scores"][3]["setting"] == {"label": results["scores"][3]["label"], "sampler": "tdm", "steps": 8,
-                                               "guidance": 1.0, "asa": True, "lora": None}  # the student at step 0
+                                               "guidance": 1.0, "asa": True, "lora": None, "fp8_linears": False}
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Setting:
-    """One way of sampling: sampler name and steps, CFG scale, ASA on/off, LoRA file or None."""
+    """One way of sampling: sampler name and steps, CFG scale, ASA on/off, LoRA file or None, fp8 linears on/off."""
 
     label: str
     sampler: str
@@ -37,6 +37,7 @@ class Setting:
     guidance: float
     asa: bool = False
     lora: str | None = None
+    fp8_linears: bool = False  # blade_ops.models.fp8_linear, put on after ASA and the LoRA
 
 
 @dataclass
@@ -52,12 +53,18 @@ class Score:
 
 
 def model_for(bundle: ModelBundle, setting: Setting, asa_config: ASAConfig, backend: str) -> ModelBundle:
-    """A copy of the bundle whose transformer carries the setting's ASA and LoRA (ASA first, as the nodes do)."""
+    """A copy of the bundle whose transformer carries the setting's ASA, LoRA and fp8 linears (in that order, as
+    blade_ops.prepare puts them on)."""
     transformer = copy.deepcopy(bundle.transformer)
     if setting.asa:
         install_asa(transformer, asa_config, backend)
     if setting.lora:
         apply_lora(transformer, setting.lora)
+    if setting.fp8_linears:
+        from blade_ops.models.fp8_linear import install_fp8_linears
+
+        # A measurement, not a user's run: on a CPU (smoke runs) torch's slow e4m3 emulation computes the same values.
+        install_fp8_linears(transformer, allow_cpu=True)
     view = copy.copy(bundle)
     view.transformer = transformer
     return view
