@@ -69,6 +69,18 @@ def vae_scale_latents(model: BladeModel, latents: torch.Tensor) -> torch.Tensor:
     return to_vae_scale(latents, variant)
 
 
+def _set_compiled(model: BladeModel, compiled: bool) -> None:
+    """Compile the blocks of every transformer of ``model`` for this run, or undo an earlier run's compile (the
+    transformers are shared by every branch that samples the loaded model)."""
+    from ..blade_ops.pipeline.compile import compile_transformer, uncompile_transformer
+
+    for expert in model.bundle.experts:
+        if compiled:
+            compile_transformer(expert)
+        else:
+            uncompile_transformer(expert)
+
+
 class BladeSamplerNode:
     """Sample video latents; Cancel in the UI stops within one step and leaves the model usable."""
 
@@ -113,6 +125,13 @@ class BladeSamplerNode:
             "optional": {
                 "latent": ("LATENT", {"tooltip": "Optional empty video latent: takes its size and batch instead of "
                                       "width/height/frames (its content is not used: text-to-video)."}),
+                "compile": ("BOOLEAN", {"default": False,
+                                        "tooltip": "torch.compile the transformer's blocks (ASA's attention stays "
+                                        "eager with its own kernels). The first run at each size pays the "
+                                        "compile; later runs of the same graph compile nothing, since the "
+                                        "ASA and LoRA patches stay on while they do not change. Changing the "
+                                        "ASA/LoRA settings, or another branch sampling the same loaded model with "
+                                        "other patches, compiles again. Off: the blocks run eagerly."}),
             },
         }
 
@@ -129,6 +148,7 @@ class BladeSamplerNode:
         frames: int = 81,
         dynamic_guidance: bool = False,
         latent: dict | None = None,
+        compile: bool | None = None,
     ) -> tuple[dict]:
         from ..blade_ops.models import on_device
         from ..blade_ops.pipeline import Guidance, latent_grid, sample_latents
@@ -164,6 +184,7 @@ class BladeSamplerNode:
             for expert in model.bundle.experts:  # every transformer of the model (Wan2.2 A14B: both experts)
                 placed.enter_context(on_device(expert, bridge.torch_device(), offload="model"))
             with patched(model):  # ASA picks its kernel for the device the transformer is on, so patch after moving
+                _set_compiled(model, bool(compile))  # after patching: the blocks compile with the patches on
                 latents = sample_latents(model.bundle, embeds, grid=grid, sampler=scheduler, steps=steps,
                                          guidance=guide, seed=check_seed(int(seed)), callback=on_step)
         samples = vae_scale_latents(model, latents)

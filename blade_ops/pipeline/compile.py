@@ -24,7 +24,10 @@ from ..families import family_of_transformer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COMPILE_MODES", "compile_transformer", "compile_vae_decoder", "is_compiled", "uncompile_vae_decoder"]
+__all__ = [
+    "COMPILE_MODES", "compile_transformer", "compile_vae_decoder", "is_compiled", "uncompile_transformer",
+    "uncompile_vae_decoder",
+]
 
 # torch.compile's modes. "reduce-overhead" (CUDA graphs) is accepted but not what the blocks are meant for: each
 # graph piece around ASA's eager attention would be a separate CUDA graph whose outputs are overwritten on replay.
@@ -121,3 +124,14 @@ def compile_transformer(transformer: nn.Module, *, mode: str = "default", dynami
         block.compile(**options)
     setattr(transformer, _OPTIONS_ATTR, options)
     logger.info("Compiled %d %s blocks (mode=%s, dynamic=%s)", len(blocks), type(transformer).__name__, mode, dynamic)
+
+
+def uncompile_transformer(transformer: nn.Module) -> bool:
+    """Undo :func:`compile_transformer` (the blocks run eagerly again); True if any block was compiled."""
+    blocks = _blocks(transformer)
+    was = any(_block_compiled(block) for block in blocks)
+    for block in blocks:
+        block._compiled_call_impl = None
+    if hasattr(transformer, _OPTIONS_ATTR):
+        delattr(transformer, _OPTIONS_ATTR)
+    return was
