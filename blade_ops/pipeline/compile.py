@@ -6,12 +6,14 @@ the code outside the blocks (patch embedding, timestep and rotary embeddings, th
 the video grid) stays eager. Inside a block, inductor fuses what is not attention: norms, modulation, rotary
 embedding, projections with their bias and activation, the feed-forward network.
 
-ASA's attention call (``ASAHandle.attend``) is excluded from tracing (``torch.compiler.disable``): the
-compiled block breaks its graph there and ASA runs eagerly with its own compiled kernels (FlexAttention, Triton
-estimate). Traced, it would specialise the block per layer index and per sampling step and hit dynamo's recompile
-limit. Attention processors are attributes read at call time, so swapping them after compiling (installing or
-removing ASA) makes the blocks recompile on their next call; loading or removing a peft LoRA (new modules) does
-too. Order that compiles once: ASA, then the LoRA, then :func:`compile_transformer`.
+ASA's attention call (``ASAHandle.attend``, reached through the processors' ``ASAProcessorBase.attend``, which
+reads the layer index) is excluded from tracing (``torch.compiler.disable``): the compiled block breaks its graph
+there and ASA runs eagerly with its own compiled kernels (FlexAttention, Triton estimate). Traced, it would
+specialise the block per layer index and per sampling step and hit dynamo's recompile limit. Attention
+processors are attributes read at call time, so swapping them after compiling (installing or removing ASA) makes
+the blocks recompile on their next call; loading or removing a peft LoRA (new modules) does too. Order that
+compiles once: ASA, then the LoRA, then :func:`compile_transformer`. The pack's sampler node keeps a run's patches
+on while the next runs ask for the same ones (``nodes/patching.py``), so the same graph run again compiles nothing.
 """
 
 from __future__ import annotations
