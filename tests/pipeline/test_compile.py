@@ -110,6 +110,7 @@ def test_wan_dense_then_asa_installed_after_compiling():
 def test_cogvideox_asa_and_lora_before_compiling(tmp_path):
     """The documented order (ASA, LoRA, compile); a strength change recompiles and is applied."""
     family = "cogvideox"
+    torch._dynamo.reset()  # the processor's compiled entries counted below are this test's only
     eager, compiled = _pair(family)
     path = attention_lora(eager, tmp_path)
     for model in (eager, compiled):
