@@ -130,16 +130,29 @@ def pack_path(mapping, transformer, variant: str, lora: Path, args) -> list[dict
     return rows
 
 
+def torch_compile_model(model):
+    """Core's TorchCompileModel node (backend inductor) on ``model``. Its module imports comfy_api.latest, which
+    needs PyAV; without it, the node's own two lines (clone, ``set_torch_compile_wrapper``) are run instead."""
+    try:
+        from comfy_extras.nodes_torch_compile import TorchCompileModel
+    except ImportError as err:
+        from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+        log.info("TorchCompileModel not importable (%s); calling set_torch_compile_wrapper as the node does", err)
+        compiled = model.clone()
+        set_torch_compile_wrapper(model=compiled, backend="inductor")
+        return compiled
+    out = TorchCompileModel.execute(model, "inductor")
+    return out.result[0] if hasattr(out, "result") else out[0]
+
+
 def native_path(comfy, mapping, sd: dict, lora: Path, args) -> list[dict]:
     """Core's WanModel: BLADE ASA (ComfyUI model) -> BLADE LoRA (ComfyUI model) [-> TorchCompileModel], core's
     sample_custom with BLADE Schedule + BLADE UniPC."""
-    from comfy_extras.nodes_torch_compile import TorchCompileModel
-
     base = comfy.sd.load_diffusion_model_state_dict(sd)
     model = mapping["BladeNativeASA"]().patch(base, "family defaults", args.backend)[0]
     model = mapping["BladeNativeLoRA"]().patch(model, str(lora), 1.0)[0]
-    compiled = TorchCompileModel.execute(model, "inductor")
-    compiled = compiled.result[0] if hasattr(compiled, "result") else compiled[0]
+    compiled = torch_compile_model(model)
     latent = torch.zeros(1, 16, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
     noise = comfy.sample.prepare_noise(latent, SEED)
     g = torch.Generator().manual_seed(SEED)
