@@ -74,7 +74,10 @@ class BladeNativeASA:
         "cheap estimate says matter, plus a pooled global branch; cross-attention and anything ASA cannot take "
         "go to the attention that was there before (sage attention, core's Model Sparse Attention, or dense). "
         "With the BLADE LoRA (BLADE LoRA, ComfyUI model) and the BLADE schedule it gives 8-step videos without "
-        "CFG; without a LoRA it is training-free sparse attention. The density it kept is logged per run."
+        "CFG; without a LoRA it is training-free sparse attention. The density it kept is logged per run. To "
+        "compile, chain core's TorchCompileModel (backend inductor) before or after it: ASA's attention stays "
+        "eager with its own kernels, the rest of the model compiles once, and the same graph run again compiles "
+        "nothing."
     )
     CATEGORY = CATEGORY
     FUNCTION = "patch"

@@ -71,6 +71,18 @@ def vae_scale_latents(model: BladeModel, latents: torch.Tensor) -> torch.Tensor:
     return to_vae_scale(latents, variant)
 
 
+def _set_compiled(model: BladeModel, compiled: bool) -> None:
+    """Compile the blocks of every transformer of ``model`` for this run, or undo an earlier run's compile (the
+    transformers are shared by every branch that samples the loaded model)."""
+    from ..blade_ops.pipeline.compile import compile_transformer, uncompile_transformer
+
+    for expert in model.bundle.experts:
+        if compiled:
+            compile_transformer(expert)
+        else:
+            uncompile_transformer(expert)
+
+
 class BladeSamplerNode:
     """Sample video latents; Cancel in the UI stops within one step and leaves the model usable."""
 
@@ -119,9 +131,16 @@ class BladeSamplerNode:
                     "default": "as loaded",
                     "tooltip": "fp8_e4m3: the transformer blocks' attention projections and feed-forward layers run "
                     "as fp8 matrix products (weights per output channel, activations per token; a LoRA's own "
-                    "branch stays as loaded), for this run only. Needs fp8 tensor cores (RTX 40xx, H100 and "
+                    "branch stays as loaded), while this input says so. Needs fp8 tensor cores (RTX 40xx, H100 and "
                     "later); elsewhere it is an error. For ComfyUI's own Wan models use core's fp8 weights and "
                     "--fast fp8_matrix_mult instead."}),
+                "compile": ("BOOLEAN", {"default": False,
+                                        "tooltip": "torch.compile the transformer's blocks (ASA's attention stays "
+                                        "eager with its own kernels). The first run at each size pays the "
+                                        "compile; later runs of the same graph compile nothing, since the "
+                                        "ASA and LoRA patches stay on while they do not change. Changing the "
+                                        "ASA/LoRA settings, or another branch sampling the same loaded model with "
+                                        "other patches, compiles again. Off: the blocks run eagerly."}),
             },
         }
 
@@ -139,6 +158,7 @@ class BladeSamplerNode:
         dynamic_guidance: bool = False,
         latent: dict | None = None,
         linear_precision: str | None = None,  # None (an older workflow without this input): "as loaded"
+        compile: bool | None = None,
     ) -> tuple[dict]:
         from ..blade_ops.models import on_device
         from ..blade_ops.pipeline import Guidance, latent_grid, sample_latents
@@ -185,6 +205,7 @@ class BladeSamplerNode:
             # ASA picks its kernel for the device the transformer is on (fp8 linears quantise there): patch after
             # moving
             with patched(model, fp8_linears=fp8):
+                _set_compiled(model, bool(compile))  # after patching: the blocks compile with the patches on
                 latents = sample_latents(model.bundle, embeds, grid=grid, sampler=scheduler, steps=steps,
                                          guidance=guide, seed=check_seed(int(seed)), callback=on_step)
         samples = vae_scale_latents(model, latents)

@@ -2,8 +2,9 @@
 
 BLADE_MODEL is a :class:`BladeModel`: a loaded :class:`~blade_ops.models.bundle.ModelBundle` (shared, never
 changed by a node) plus the patches chained onto it (ASA, LoRAs). Like ComfyUI's ModelPatcher, a node that adds a
-patch returns a clone with the patch recorded; the sampler applies the patches for its run and takes them off
-afterwards, so two branches of a graph can share one loaded transformer. BLADE_VAE and BLADE_TEXT_ENCODER are
+patch returns a clone with the patch recorded; the sampler puts exactly the patches of its run on the shared
+transformer (keeping them there for the next run that asks for the same ones: ``nodes.patching``), so two branches
+of a graph can share one loaded transformer. BLADE_VAE and BLADE_TEXT_ENCODER are
 bundles holding only that part; BLADE_EMBEDS is :class:`~blade_ops.text.PromptEmbeds`.
 """
 

@@ -339,7 +339,7 @@ def build(recipe: Recipe) -> Graph:
         "BladeSampler", 2, seed=42, steps=8 if recipe.blade else 50,
         guidance=1.0 if recipe.blade else BASELINE_GUIDANCE[family], scheduler="blade" if recipe.blade else "baseline",
         width=width, height=height, frames=frames, dynamic_guidance=(family == "cogvideox" and not recipe.blade),
-        linear_precision="as loaded",
+        linear_precision="as loaded", compile=False,
     )
     g.connect(source, output, sampler, "model")
     g.connect(encode, "embeds", sampler, "embeds")

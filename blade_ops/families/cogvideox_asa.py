@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+
+from .asa_processor import ASAProcessorBase
 
 
 def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -15,13 +15,9 @@ def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
-class CogVideoXASAProcessor:
+class CogVideoXASAProcessor(ASAProcessorBase):
     """Joint text+video self-attention (attn1) of a CogVideoX block with ASA in place of SDPA: text tokens (first
     in diffusers' concatenation) are moved to the end inside ASA, kept dense, and moved back."""
-
-    def __init__(self, handle: Any, layer: int) -> None:
-        self.handle = handle
-        self.layer = layer
 
     def __call__(
         self,
@@ -51,7 +47,7 @@ class CogVideoXASAProcessor:
             if not attn.is_cross_attention:
                 rotated_k = _rotate_pairs(key[:, :, text_len:], *image_rotary_emb)
                 key = torch.cat([key[:, :, :text_len], rotated_k], dim=2)
-        out = self.handle.attend(self.layer, query, key, value, text_len, True)
+        out = self.attend(query, key, value, text_len, True)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)

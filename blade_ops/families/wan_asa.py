@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+
+from .asa_processor import ASAProcessorBase
 
 
 def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -14,14 +14,10 @@ def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return torch.stack([even * c - odd * s, even * s + odd * c], dim=-1).flatten(-2).type_as(x)
 
 
-class WanASAProcessor:
+class WanASAProcessor(ASAProcessorBase):
     """Self-attention (attn1) of a Wan block with ASA in place of SDPA: what diffusers' WanAttnProcessor does
     around the attention call (projections through ``attn.to_q`` etc. so peft LoRA layers apply, qk-norm, rotary,
     output projection), with ``handle.attend`` for the attention itself."""
-
-    def __init__(self, handle: Any, layer: int) -> None:
-        self.handle = handle
-        self.layer = layer
 
     def __call__(
         self,
@@ -47,8 +43,7 @@ class WanASAProcessor:
         if rotary_emb is not None:
             query = _rotate_pairs(query, *rotary_emb)
             key = _rotate_pairs(key, *rotary_emb)
-        out = self.handle.attend(self.layer, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), 0,
-                                 False)
+        out = self.attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), 0, False)
         out = out.transpose(1, 2).flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)

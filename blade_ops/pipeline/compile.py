@@ -6,12 +6,14 @@ the code outside the blocks (patch embedding, timestep and rotary embeddings, th
 the video grid) stays eager. Inside a block, inductor fuses what is not attention: norms, modulation, rotary
 embedding, projections with their bias and activation, the feed-forward network.
 
-ASA's attention call (``ASAHandle.attend``) is excluded from tracing (``torch.compiler.disable``): the
-compiled block breaks its graph there and ASA runs eagerly with its own compiled kernels (FlexAttention, Triton
-estimate). Traced, it would specialise the block per layer index and per sampling step and hit dynamo's recompile
-limit. Attention processors are attributes read at call time, so swapping them after compiling (installing or
-removing ASA) makes the blocks recompile on their next call; loading or removing a peft LoRA (new modules) does
-too. Order that compiles once: ASA, then the LoRA, then :func:`compile_transformer`.
+ASA's attention call (``ASAHandle.attend``, reached through the processors' ``ASAProcessorBase.attend``, which
+reads the layer index) is excluded from tracing (``torch.compiler.disable``): the compiled block breaks its graph
+there and ASA runs eagerly with its own compiled kernels (FlexAttention, Triton estimate). Traced, it would
+specialise the block per layer index and per sampling step and hit dynamo's recompile limit. Attention
+processors are attributes read at call time, so swapping them after compiling (installing or removing ASA) makes
+the blocks recompile on their next call; loading or removing a peft LoRA (new modules) does too. Order that
+compiles once: ASA, then the LoRA, then :func:`compile_transformer`. The pack's sampler node keeps a run's patches
+on while the next runs ask for the same ones (``nodes/patching.py``), so the same graph run again compiles nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from ..families import family_of_transformer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COMPILE_MODES", "compile_transformer", "compile_vae_decoder", "is_compiled", "uncompile_vae_decoder"]
+__all__ = [
+    "COMPILE_MODES", "compile_transformer", "compile_vae_decoder", "is_compiled", "uncompile_transformer",
+    "uncompile_vae_decoder",
+]
 
 # torch.compile's modes. "reduce-overhead" (CUDA graphs) is accepted but not what the blocks are meant for: each
 # graph piece around ASA's eager attention would be a separate CUDA graph whose outputs are overwritten on replay.
@@ -121,3 +126,14 @@ def compile_transformer(transformer: nn.Module, *, mode: str = "default", dynami
         block.compile(**options)
     setattr(transformer, _OPTIONS_ATTR, options)
     logger.info("Compiled %d %s blocks (mode=%s, dynamic=%s)", len(blocks), type(transformer).__name__, mode, dynamic)
+
+
+def uncompile_transformer(transformer: nn.Module) -> bool:
+    """Undo :func:`compile_transformer` (the blocks run eagerly again); True if any block was compiled."""
+    blocks = _blocks(transformer)
+    was = any(_block_compiled(block) for block in blocks)
+    for block in blocks:
+        block._compiled_call_impl = None
+    if hasattr(transformer, _OPTIONS_ATTR):
+        delattr(transformer, _OPTIONS_ATTR)
+    return was

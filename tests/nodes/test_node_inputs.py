@@ -130,3 +130,14 @@ def test_sampler_refuses_nan_guidance_before_sampling(pack, models_dir):
     embeds = PromptEmbeds(torch.zeros(1, 512, 32), torch.zeros(1, 512, 32))
     with pytest.raises(ValueError, match="^BLADE Sampler: guidance is nan"):
         nodes["BladeSampler"]().sample(model, embeds, 0, 2, float("nan"), "blade", 64, 64, 5)
+
+
+def test_sampler_compile_is_an_optional_switch_that_defaults_off(pack):
+    """Workflows saved before the switch existed (UI: one widget value fewer; API: no 'compile' input) still load and
+    run eagerly: the input is optional, last among the widgets, off by default, and the function's default is off."""
+    cls = pack.NODE_CLASS_MAPPINGS["BladeSampler"]
+    spec = cls.INPUT_TYPES()
+    kind, opts = spec["optional"]["compile"]
+    assert kind == "BOOLEAN" and opts["default"] is False and opts["tooltip"]
+    assert "compile" not in spec["required"] and list(spec["optional"])[-1] == "compile"
+    assert not inspect.signature(cls.sample).parameters["compile"].default

@@ -221,6 +221,85 @@ def test_cancel_stops_within_a_step_and_model_stays_usable(pack, nodes, wan, wan
     assert not torch.equal(plain["samples"], after["samples"])  # the patches did change the result
 
 
+def _seen_patches(transformer) -> list:
+    """A forward pre-hook's record of what ``transformer`` carries at each call: (ASA on, LoRA strengths)."""
+    from blade_pack.blade_ops.attention import get_asa_handle
+    from blade_pack.blade_ops.lora import applied_loras
+
+    seen: list = []
+
+    def hook(module, args):
+        seen.append((get_asa_handle(module) is not None, [e.strength for e in applied_loras(module).values()]))
+
+    return seen, transformer.register_forward_pre_hook(hook)
+
+
+def test_patches_stay_on_while_the_request_is_the_same(pack, nodes, wan, wan_embeds, models_dir, monkeypatch):
+    """A second run with the same ASA + LoRA request puts nothing on again; another strength swaps the LoRA; a run
+    of the unpatched model (a baseline branch) sees no patch; each run's result is that of a fresh install."""
+    import blade_pack.blade_ops.prepare as prepare
+    from blade_pack.blade_ops.attention import get_asa_handle
+    from blade_pack.nodes.patching import unpatch
+
+    installs = []
+    real = prepare.prepare_transformer
+    monkeypatch.setattr(prepare, "prepare_transformer", lambda *a, **kw: installs.append(kw) or real(*a, **kw))
+    transformer = wan.bundle.transformer
+    (sparse,) = nodes["BladeASA"]().patch(wan, "family defaults", "torch", 0.95, 0.05, 0.17, 32, True, 30, 0, "")
+    lora = str(models_dir / "loras" / LORA_NAMES["wan"])
+    (full,) = nodes["BladeLoraLoader"]().patch(sparse, lora, 1.0)
+    (half,) = nodes["BladeLoraLoader"]().patch(sparse, lora, 0.5)
+    seen, hook = _seen_patches(transformer)
+    try:
+        first = _sample(nodes, full, wan_embeds, steps=1)
+        handle = get_asa_handle(transformer)
+        again = _sample(nodes, full, wan_embeds, steps=1)
+        assert len(installs) == 1 and get_asa_handle(transformer) is handle  # nothing taken off or put on again
+        assert torch.equal(first["samples"], again["samples"])
+        swapped = _sample(nodes, half, wan_embeds, steps=1)
+        assert len(installs) == 2
+        plain = _sample(nodes, wan, wan_embeds, steps=1)
+        assert len(installs) == 2  # nothing to put on
+        unpatch(transformer)
+        fresh = _sample(nodes, half, wan_embeds, steps=1)
+    finally:
+        hook.remove()
+        unpatch(transformer)
+    assert seen == [(True, [1.0])] * 2 + [(True, [0.5])] + [(False, [])] + [(True, [0.5])]
+    assert torch.equal(swapped["samples"], fresh["samples"])
+    assert not torch.equal(plain["samples"], first["samples"])
+
+
+def test_a_failed_install_leaves_the_model_clean(pack, nodes, wan, wan_embeds, models_dir, monkeypatch):
+    """Patches left on by a run are taken off before the next install; when that install fails, nothing stays."""
+    import blade_pack.blade_ops.lora as lora_ops
+    from blade_pack.blade_ops.attention import get_asa_handle
+    from blade_pack.blade_ops.lora import applied_loras
+    from blade_pack.nodes.patching import installed_patches
+
+    transformer = wan.bundle.transformer
+    (sparse,) = nodes["BladeASA"]().patch(wan, "family defaults", "torch", 0.95, 0.05, 0.17, 32, True, 30, 0, "")
+    lora = str(models_dir / "loras" / LORA_NAMES["wan"])
+    (model,) = nodes["BladeLoraLoader"]().patch(sparse, lora, 1.0)
+    (other,) = nodes["BladeLoraLoader"]().patch(sparse, lora, 0.7)
+    before = _sample(nodes, model, wan_embeds, steps=1)
+    assert installed_patches(transformer) is not None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("damaged LoRA")
+
+    with monkeypatch.context() as m:
+        m.setattr(lora_ops, "apply_lora", broken)
+        with pytest.raises(RuntimeError, match="damaged LoRA"):
+            _sample(nodes, other, wan_embeds, steps=1)
+    assert get_asa_handle(transformer) is None and not applied_loras(transformer)
+    assert installed_patches(transformer) is None
+    after = _sample(nodes, model, wan_embeds, steps=1)  # still usable, with its patches put on again
+    assert torch.equal(before["samples"], after["samples"])
+    _sample(nodes, wan, wan_embeds, steps=1)  # leave the shared model unpatched for the next tests
+    assert installed_patches(transformer) is None
+
+
 def test_conditioning_is_padded_like_diffusers(pack, nodes):
     hidden = torch.randn(1, 7, 4096)
     mask = torch.ones(1, 7)

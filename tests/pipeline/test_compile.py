@@ -1,7 +1,8 @@
 """Contract: compile_transformer compiles each block of a tiny Wan / CogVideoX transformer in place and the compiled
 model gives the eager output (float32, max abs diff <= 1e-5): dense, with ASA installed after compiling (all blocks
 kept, then a sparse config), with ASA and a peft LoRA installed before compiling, after a LoRA strength change; ASA's
-step index is read at call time without recompiling per step; compiling twice is a no-op."""
+step index and layer index are read at call time without recompiling per step or per layer; compiling twice is a
+no-op."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch._dynamo.utils import counters
 
 from blade_ops.attention import get_asa_handle, install_asa
@@ -108,6 +110,7 @@ def test_wan_dense_then_asa_installed_after_compiling():
 def test_cogvideox_asa_and_lora_before_compiling(tmp_path):
     """The documented order (ASA, LoRA, compile); a strength change recompiles and is applied."""
     family = "cogvideox"
+    torch._dynamo.reset()  # the processor's compiled entries counted below are this test's only
     eager, compiled = _pair(family)
     path = attention_lora(eager, tmp_path)
     for model in (eager, compiled):
@@ -117,6 +120,9 @@ def test_cogvideox_asa_and_lora_before_compiling(tmp_path):
     compile_transformer(compiled)
     assert is_compiled(compiled)
     ref, out = _outputs(eager, compiled, family)
+    # the processors read their layer index outside the traced code: one compiled processor for every layer
+    processor = type(compiled.transformer_blocks[0].attn1.processor)
+    assert len(_debug_get_cache_entry_list(processor.__call__.__code__)) == 1
     assert (out - ref).abs().max() <= TOL
     assert max(get_asa_handle(compiled).layer_density().values()) < 1.0
     for model in (eager, compiled):
