@@ -65,7 +65,7 @@ def test_pack_sampler_compiles_once_per_graph(pack, models_dir):
     transformer = wan.bundle.transformer
 
     def sample(m, compile):
-        out = nodes["BladeSampler"]().sample(m, embeds, 1, 3, 1.0, "blade", 64, 64, 5, False, None, compile)
+        out = nodes["BladeSampler"]().sample(m, embeds, 1, 3, 1.0, "blade", 64, 64, 5, False, None, compile=compile)
         return out[0]["samples"]
 
     try:
