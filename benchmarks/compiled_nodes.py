@@ -30,11 +30,8 @@ Check on the CPU first (the same code, 2 blocks of the real width, 5x64x64, 3 st
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -109,7 +106,7 @@ def pack_path(mapping, transformer, variant: str, lora: Path, args) -> list[dict
 
     def run(steps: int, compile: bool):
         return lambda: sampler.sample(model, embeds, SEED, steps, 1.0, "blade", args.width, args.height, args.frames,
-                                      False, None, compile)
+                                      False, None, compile=compile)
 
     def patches():
         before = installed_patches(transformer)
@@ -265,20 +262,13 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         if "native" in paths:
             rows += native_path(comfy, mapping, sd, lora, args)
-    commit = subprocess.run(["git", "-C", os.environ["COMFYUI_PATH"], "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or os.environ.get("COMFYUI_COMMIT", "unknown")
+    commit = native.comfyui_commit()
     meta = {"device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu", "torch": torch.__version__,
             "comfyui_commit": commit, "variant": args.variant, "layers": layers,
             "size": [args.frames, args.height, args.width],
             "command": "python benchmarks/compiled_nodes.py " + shlex.join(argv or sys.argv[1:])}
     result = {"meta": meta, "rows": rows, "summary": summary(rows)}
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(result))
+    native.write_report(result, args.json, args.markdown, markdown)
     return 0
 
 

@@ -271,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["denoise_speedup"] = rows[0]["denoise_s"] / row["denoise_s"]
         row["end_to_end_speedup"] = rows[0]["total_s"] / row["total_s"]
-    commit = subprocess.run(["git", "-C", os.environ["COMFYUI_PATH"], "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or os.environ.get("COMFYUI_COMMIT", "unknown")
+    commit = comfyui_commit()
     gpu = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
     meta = {"gpu": gpu, "torch": torch.__version__, "comfyui_commit": commit,
             "variant": args.variant, "size": [args.frames, args.height, args.width],
@@ -284,14 +283,24 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         meta["comfy_kitchen"] = "not installed"
     result = {"meta": meta, "rows": rows}
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(result))
+    write_report(result, args.json, args.markdown, markdown)
     return 0
+
+
+def comfyui_commit() -> str:
+    """The ComfyUI checkout's commit (git), else COMFYUI_COMMIT (a copy without .git), else "unknown"."""
+    found = subprocess.run(["git", "-C", os.environ["COMFYUI_PATH"], "rev-parse", "HEAD"], capture_output=True,
+                           text=True).stdout.strip()
+    return found or os.environ.get("COMFYUI_COMMIT", "unknown")
+
+
+def write_report(result: dict, json_path: Path | None, markdown_path: Path | None, render) -> None:
+    """Print the result as JSON and write it (JSON) and its table (``render(result)``) where asked."""
+    print(json.dumps(result, indent=2))  # noqa: T201 (benchmark report)
+    for path, text in ((json_path, lambda: json.dumps(result, indent=2)), (markdown_path, lambda: render(result))):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text())
 
 
 def markdown(result: dict) -> str:
