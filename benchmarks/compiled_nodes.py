@@ -74,15 +74,12 @@ def measured(path: str, label: str, steps: int, fn, extra=None) -> dict:
 
 def diffusers_transformer(variant: str, layers: int | None) -> torch.nn.Module:
     """The variant's diffusers Wan transformer (shipped config; ``layers`` blocks if given), random, bf16."""
-    from blade_pack.blade_ops.models.variants import shipped_config
-    from diffusers import WanTransformer3DModel
+    from blade_pack.blade_ops.models.variants import random_model
 
-    config = {k: v for k, v in shipped_config(variant, "transformer").items() if not k.startswith("_")}
-    if layers:
-        config["num_layers"] = layers
     torch.manual_seed(SEED)
     with DEVICE:
-        return WanTransformer3DModel(**config).to(torch.bfloat16).eval()
+        model = random_model(variant, "transformer", **({"num_layers": layers} if layers else {}))
+    return model.to(torch.bfloat16).eval()
 
 
 def pack_path(mapping, transformer, variant: str, lora: Path, args) -> list[dict]:

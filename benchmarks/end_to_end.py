@@ -37,7 +37,7 @@ from blade_ops.attention import get_asa_handle  # noqa: E402
 from blade_ops.families import get_family  # noqa: E402
 from blade_ops.models.bundle import ModelBundle  # noqa: E402
 from blade_ops.models.tiny import build_word_tokenizer  # noqa: E402
-from blade_ops.models.variants import get_variant, shipped_config  # noqa: E402
+from blade_ops.models.variants import get_variant, random_model  # noqa: E402
 from blade_ops.pipeline import (  # noqa: E402
     DEFAULT_SIZES,
     Guidance,
@@ -82,17 +82,13 @@ def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 def build_random_bundle(variant: str, dtype: torch.dtype, device: torch.device) -> ModelBundle:
     """Full-size transformer, VAE and text encoder with random weights, created directly on ``device``."""
-    import diffusers
     import transformers
 
     family = get_family(get_variant(variant).family)
     parts = {}
     with torch.device(device):
         for part in ("transformer", "vae"):
-            cfg = shipped_config(variant, part)
-            cls = getattr(diffusers, cfg.pop("_class_name"))
-            cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-            parts[part] = _cast(cls.from_config(cfg), dtype).eval()
+            parts[part] = _cast(random_model(variant, part), dtype).eval()
         model_cls = family.text_encoder_classes[0]
         config_cls, vocab = TEXT_ENCODERS[model_cls]
         config = getattr(transformers, config_cls)(vocab_size=vocab, **XXL)

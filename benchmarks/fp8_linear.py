@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from blade_ops.attention import ASAConfig, get_asa_handle  # noqa: E402
 from blade_ops.families import WAN  # noqa: E402
 from blade_ops.models.fp8_linear import check_fp8_device, install_fp8_linears  # noqa: E402
-from blade_ops.models.variants import shipped_config  # noqa: E402
+from blade_ops.models.variants import random_model  # noqa: E402
 from blade_ops.pipeline.compile import compile_transformer  # noqa: E402
 from blade_ops.prepare import AsaRequest, prepare_transformer  # noqa: E402
 
@@ -70,10 +70,8 @@ def build_transformer(smoke: bool, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     if smoke:
         return diffusers.WanTransformer3DModel(**{**WAN.tiny_transformer_config(), "attention_head_dim": 16}).eval()
-    cfg = shipped_config(VARIANT, "transformer")
-    cls = getattr(diffusers, cfg.pop("_class_name"))
     with torch.device(device):
-        model = cls.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+        model = random_model(VARIANT, "transformer")
     return _cast(model, torch.bfloat16).eval()
 
 

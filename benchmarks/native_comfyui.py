@@ -109,12 +109,10 @@ def random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 def core_transformer_sd(variant: str) -> dict[str, torch.Tensor]:
     """Random Wan weights from the pack's shipped diffusers config, in core's (original Wan) key layout, bf16."""
     from blade_pack.blade_ops.models.keymaps import wan_transformer_to_original
-    from blade_pack.blade_ops.models.variants import shipped_config
-    from diffusers import WanTransformer3DModel
+    from blade_pack.blade_ops.models.variants import random_model
 
-    config = {k: v for k, v in shipped_config(variant, "transformer").items() if not k.startswith("_")}
     with DEVICE:
-        model = WanTransformer3DModel(**config).to(torch.bfloat16)
+        model = random_model(variant, "transformer").to(torch.bfloat16)
     sd = wan_transformer_to_original(model.state_dict())
     del model
     return sd

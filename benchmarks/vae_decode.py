@@ -28,20 +28,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blade_ops.models.variants import shipped_config  # noqa: E402
+from blade_ops.models.variants import random_model  # noqa: E402
 from blade_ops.pipeline.wan_decode import decode_wan_chunked  # noqa: E402
 
 SIZES = {"wan2.1-t2v-1.3b": (21, 60, 104), "cogvideox-5b": (13, 60, 90)}
 
 
 def build_vae(variant: str, dtype: torch.dtype) -> torch.nn.Module:
-    import diffusers
 
-    cfg = shipped_config(variant, "vae")
-    cls = getattr(diffusers, cfg.pop("_class_name"))
     torch.manual_seed(0)
     with torch.device("cuda"):
-        vae = cls.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+        vae = random_model(variant, "vae")
     vae = vae.to(dtype).eval()
     if hasattr(vae, "use_slicing"):
         vae.use_slicing = False

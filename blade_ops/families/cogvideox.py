@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .base import LatentScaling, ModelFamily, ShippedVariant
+from .shapes import count_indices, need_shape
 
 if TYPE_CHECKING:
     import torch
@@ -51,16 +52,6 @@ def cogvideox_rotary(transformer: torch.nn.Module, latents: torch.Tensor) -> tup
             temporal_size=(t + p_t - 1) // p_t, grid_type="slice", max_size=(base_h, base_w), device=latents.device,
         )
     return cos, sin
-
-
-def _count(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
-    return len({m[1] for k in shapes if (m := re.match(pattern, k))})
-
-
-def _need(shapes: Mapping[str, tuple[int, ...]], key: str, what: str) -> tuple[int, ...]:
-    if key not in shapes:
-        raise KeyError(f"{key} (needed for {what})")
-    return shapes[key]
 
 
 @dataclass(frozen=True)
@@ -151,31 +142,31 @@ class CogVideoXFamily(ModelFamily):
 
     def structure_from_shapes(self, part: str, shapes: Mapping[str, tuple[int, ...]]) -> dict:
         if part == "transformer":
-            proj = _need(shapes, "patch_embed.proj.weight", "width and patch size")
+            proj = need_shape(shapes, "patch_embed.proj.weight", "width and patch size")
             if len(proj) != 4:
                 raise ValueError("a CogVideoX 1.5 temporal patch embedding (Linear), which BLADE does not support")
-            head_dim = _need(shapes, "transformer_blocks.0.attn1.norm_q.weight", "head size")[0]  # per-head norm
+            head_dim = need_shape(shapes, "transformer_blocks.0.attn1.norm_q.weight", "head size")[0]  # per-head norm
             p = proj[2]
             return {
                 "num_attention_heads": proj[0] // head_dim,
                 "attention_head_dim": head_dim,
-                "num_layers": _count(shapes, r"transformer_blocks\.(\d+)\."),
+                "num_layers": count_indices(shapes, r"transformer_blocks\.(\d+)\."),
                 "in_channels": proj[1],
-                "out_channels": _need(shapes, "proj_out.weight", "output channels")[0] // (p * p),
-                "text_embed_dim": _need(shapes, "patch_embed.text_proj.weight", "text width")[1],
-                "time_embed_dim": _need(shapes, "time_embedding.linear_1.weight", "time width")[0],
+                "out_channels": need_shape(shapes, "proj_out.weight", "output channels")[0] // (p * p),
+                "text_embed_dim": need_shape(shapes, "patch_embed.text_proj.weight", "text width")[1],
+                "time_embed_dim": need_shape(shapes, "time_embedding.linear_1.weight", "time width")[0],
                 "patch_size": p,
             }
-        stages = _count(shapes, r"encoder\.down_blocks\.(\d+)\.")
+        stages = count_indices(shapes, r"encoder\.down_blocks\.(\d+)\.")
         return {
             "block_out_channels": tuple(
-                _need(shapes, f"encoder.down_blocks.{i}.resnets.0.conv2.conv.weight", "stage widths")[0]
+                need_shape(shapes, f"encoder.down_blocks.{i}.resnets.0.conv2.conv.weight", "stage widths")[0]
                 for i in range(stages)
             ),
-            "layers_per_block": _count(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
-            "latent_channels": _need(shapes, "encoder.conv_out.conv.weight", "latent channels")[0] // 2,
-            "in_channels": _need(shapes, "encoder.conv_in.conv.weight", "input channels")[1],
-            "out_channels": _need(shapes, "decoder.conv_out.conv.weight", "output channels")[0],
+            "layers_per_block": count_indices(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
+            "latent_channels": need_shape(shapes, "encoder.conv_out.conv.weight", "latent channels")[0] // 2,
+            "in_channels": need_shape(shapes, "encoder.conv_in.conv.weight", "input channels")[1],
+            "out_channels": need_shape(shapes, "decoder.conv_out.conv.weight", "output channels")[0],
         }
 
     def to_diffusers_keys(self, part: str, layout: str, state_dict: dict) -> dict | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .base import LatentScaling, ModelFamily, ShippedVariant
+from .shapes import count_indices, need_shape
 
 if TYPE_CHECKING:
     import torch
@@ -50,16 +51,6 @@ def clean_prompt(text: str) -> str:
         text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
-
-
-def _count(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
-    return len({m[1] for k in shapes if (m := re.match(pattern, k))})
-
-
-def _need(shapes: Mapping[str, tuple[int, ...]], key: str, what: str) -> tuple[int, ...]:
-    if key not in shapes:
-        raise KeyError(f"{key} (needed for {what})")
-    return shapes[key]
 
 
 @dataclass(frozen=True)
@@ -165,30 +156,30 @@ class WanFamily(ModelFamily):
 
     def structure_from_shapes(self, part: str, shapes: Mapping[str, tuple[int, ...]]) -> dict:
         if part == "transformer":
-            inner, cin, *patch = _need(shapes, "patch_embedding.weight", "width and patch size")
-            out = _need(shapes, "proj_out.weight", "output channels")[0]
+            inner, cin, *patch = need_shape(shapes, "patch_embedding.weight", "width and patch size")
+            out = need_shape(shapes, "proj_out.weight", "output channels")[0]
             return {
                 "inner_dim": inner,
-                "num_layers": _count(shapes, r"blocks\.(\d+)\."),
-                "ffn_dim": _need(shapes, "blocks.0.ffn.net.0.proj.weight", "FFN width")[0],
+                "num_layers": count_indices(shapes, r"blocks\.(\d+)\."),
+                "ffn_dim": need_shape(shapes, "blocks.0.ffn.net.0.proj.weight", "FFN width")[0],
                 "in_channels": cin,
                 "out_channels": out // (patch[0] * patch[1] * patch[2]),
-                "text_dim": _need(shapes, "condition_embedder.text_embedder.linear_1.weight", "text width")[1],
-                "freq_dim": _need(shapes, "condition_embedder.time_embedder.linear_1.weight", "time width")[1],
+                "text_dim": need_shape(shapes, "condition_embedder.text_embedder.linear_1.weight", "text width")[1],
+                "freq_dim": need_shape(shapes, "condition_embedder.time_embedder.linear_1.weight", "time width")[1],
                 "patch_size": tuple(patch),
             }
-        base = _need(shapes, "encoder.conv_in.weight", "base width")[0]
-        stages = _count(shapes, r"decoder\.up_blocks\.(\d+)\.")
-        nrb = _count(shapes, r"decoder\.up_blocks\.0\.resnets\.(\d+)\.") - 1
+        base = need_shape(shapes, "encoder.conv_in.weight", "base width")[0]
+        stages = count_indices(shapes, r"decoder\.up_blocks\.(\d+)\.")
+        nrb = count_indices(shapes, r"decoder\.up_blocks\.0\.resnets\.(\d+)\.") - 1
         dim_mult, temporal = [], []
         for s in range(stages):
             first = s * (nrb + 1)  # encoder.down_blocks is flat: nrb resnets then one resample per stage
-            dim_mult.append(_need(shapes, f"encoder.down_blocks.{first}.conv1.weight", "stage widths")[0] // base)
+            dim_mult.append(need_shape(shapes, f"encoder.down_blocks.{first}.conv1.weight", "stage widths")[0] // base)
             if s < stages - 1:
                 temporal.append(f"encoder.down_blocks.{first + nrb}.time_conv.weight" in shapes)
         return {
             "base_dim": base,
-            "z_dim": _need(shapes, "post_quant_conv.weight", "latent channels")[0],
+            "z_dim": need_shape(shapes, "post_quant_conv.weight", "latent channels")[0],
             "dim_mult": tuple(dim_mult),
             "num_res_blocks": nrb,
             "temperal_downsample": tuple(temporal),

@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .shapes import count_indices, need_shape
 from .wan import WAN_VAE_RESNET_KEYS
 
 if TYPE_CHECKING:
@@ -77,37 +78,27 @@ def to_original(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _count(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
-    return len({m[1] for k in shapes if (m := re.match(pattern, k))})
-
-
-def _need(shapes: Mapping[str, tuple[int, ...]], key: str, what: str) -> tuple[int, ...]:
-    if key not in shapes:
-        raise KeyError(f"{key} (needed for {what})")
-    return shapes[key]
-
-
 def structure_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     """The config values diffusers-key shapes of a residual (Wan2.2) VAE determine; KeyError names a missing key."""
-    base, image_channels = _need(shapes, "encoder.conv_in.weight", "base width")[:2]
-    stages = _count(shapes, r"encoder\.down_blocks\.(\d+)\.")
-    nrb = _count(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\.")
+    base, image_channels = need_shape(shapes, "encoder.conv_in.weight", "base width")[:2]
+    stages = count_indices(shapes, r"encoder\.down_blocks\.(\d+)\.")
+    nrb = count_indices(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\.")
     dim_mult = tuple(
-        _need(shapes, f"encoder.down_blocks.{i}.resnets.0.conv2.weight", "stage widths")[0] // base
+        need_shape(shapes, f"encoder.down_blocks.{i}.resnets.0.conv2.weight", "stage widths")[0] // base
         for i in range(stages)
     )
     temporal = tuple(f"encoder.down_blocks.{i}.downsampler.time_conv.weight" in shapes for i in range(stages - 1))
-    decoder_width = _need(shapes, "decoder.conv_in.weight", "decoder width")[0]
+    decoder_width = need_shape(shapes, "decoder.conv_in.weight", "decoder width")[0]
     return {
         "base_dim": base,
         "decoder_base_dim": decoder_width // dim_mult[-1],
-        "z_dim": _need(shapes, "post_quant_conv.weight", "latent channels")[0],
+        "z_dim": need_shape(shapes, "post_quant_conv.weight", "latent channels")[0],
         "dim_mult": dim_mult,
         "num_res_blocks": nrb,
         "temperal_downsample": temporal,
         "is_residual": True,
         "in_channels": image_channels,
-        "out_channels": _need(shapes, "decoder.conv_out.weight", "output channels")[0],
+        "out_channels": need_shape(shapes, "decoder.conv_out.weight", "output channels")[0],
     }
 
 

@@ -69,6 +69,18 @@ def shipped_config(variant: str, part: str) -> dict:
     return dict(_read_config(v.transformer_config if part == "transformer" else v.vae_config))
 
 
+def random_model(variant: str, part: str, **overrides):
+    """The diffusers model of ``part`` of ``variant`` built from its shipped config (``overrides`` on top) with the
+    class's random initialisation, on torch's current default device: full-size models for benchmarks, whose
+    timings do not depend on the weights."""
+    import diffusers
+
+    cfg = shipped_config(variant, part)
+    cls = getattr(diffusers, cfg.pop("_class_name"))
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return cls.from_config({**cfg, **overrides})
+
+
 # ---------------------------------------------------------------------------------------------- structures
 # A "structure" is the tuple of config values that the tensor shapes determine; equal structures mean the
 # weights fit the config. Each family adapter computes it from a config and from diffusers-key shapes.
