@@ -91,3 +91,24 @@ def dequantised(fp8_file: dict[str, torch.Tensor], prefix: str = "") -> dict[str
         scale = fp8_file.get(key[: -len("weight")] + "scale_weight")
         out[key[len(prefix):]] = value.float() * scale if scale is not None else value.float()
     return out
+
+
+def a14b_expert_files(directory: Path, high: str = "high.safetensors", low: str = "low.safetensors"):
+    """Two tiny Wan2.2 A14B experts (seeds 1 and 2) with 128-wide heads, as the released files have, so a loader
+    infers every setting from the shapes; saved as ComfyUI ships them: high-noise fp8_scaled, low-noise fp32, original
+    Wan keys. Returns (experts, high path, low path)."""
+    from diffusers import WanTransformer3DModel
+
+    from blade_ops.families import WAN22_A14B
+    from blade_ops.models import keymaps
+
+    config = dict(tiny_transformer_config(WAN22_A14B.name), num_attention_heads=1, attention_head_dim=128,
+                  num_layers=1)
+    experts = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        experts.append(WanTransformer3DModel(**config).eval())
+    directory = Path(directory)
+    high_path = save(fp8_scaled(keymaps.wan_transformer_to_original(experts[0].state_dict())), directory / high)
+    low_path = save(keymaps.wan_transformer_to_original(experts[1].state_dict()), directory / low)
+    return experts, high_path, low_path

@@ -43,11 +43,6 @@ def cancel(monkeypatch):
     return state
 
 
-@pytest.fixture(scope="module")
-def nodes(pack):
-    return pack.NODE_CLASS_MAPPINGS
-
-
 def _count_calls(module: torch.nn.Module) -> list:
     """Completed forward calls of ``module``."""
     calls: list = []

@@ -12,17 +12,6 @@ from blade_tiny_files import LORA_NAMES, TINY_NAMES
 
 
 @pytest.fixture(scope="module")
-def nodes(pack):
-    return pack.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def wan(nodes, models_dir):
-    (model,) = nodes["BladeModelLoader"]().load(str(models_dir / "diffusers" / TINY_NAMES["wan"]), "auto", "fp32")
-    return model
-
-
-@pytest.fixture(scope="module")
 def wan_embeds(nodes, models_dir):
     (te,) = nodes["BladeTextEncoderLoader"]().load(str(models_dir / "diffusers" / TINY_NAMES["wan"]), "wan", "fp32")
     (embeds,) = nodes["BladeTextEncode"]().encode(te, "a red ball bouncing", "")

@@ -16,17 +16,6 @@ SEED_RANGE = "must be an integer in [0, 2**64 - 1"
 
 
 @pytest.fixture(scope="module")
-def nodes(pack):
-    return pack.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def wan(nodes, models_dir):
-    (model,) = nodes["BladeModelLoader"]().load(str(models_dir / "diffusers" / TINY_NAMES["wan"]), "auto", "fp32")
-    return model
-
-
-@pytest.fixture(scope="module")
 def text_encoder(nodes, models_dir):
     (te,) = nodes["BladeTextEncoderLoader"]().load(str(models_dir / "diffusers" / TINY_NAMES["wan"]), "wan", "fp32")
     return te

@@ -9,16 +9,11 @@ import torch
 
 from blade_ops.families import WAN22_A14B, WAN22_TI2V
 from tests.common import attention_lora
-from tests.models.model_helpers import fp8_scaled, save
+from tests.models.model_helpers import a14b_expert_files
 
 SIZE = {WAN22_TI2V.name: dict(width=128, height=128, frames=5), WAN22_A14B.name: dict(width=64, height=64, frames=5)}
 ASA = dict(settings="custom (values below)", backend="torch", tau=0.9, min_ratio=0.3, max_ratio=0.6, num_keep=4,
            use_global=True, sample_gap=4, dense_steps=0, dense_layers="")
-
-
-@pytest.fixture(scope="module")
-def nodes(pack):
-    return pack.NODE_CLASS_MAPPINGS
 
 
 def _embeds(nodes, folder):
@@ -49,21 +44,11 @@ def test_ti2v_folder_through_the_nodes(nodes, tiny_folder):
 def a14b_files(tiny_folder, tmp_path_factory):
     """Two expert files (high-noise fp8_scaled, low-noise fp32) with 128-wide heads, as the released files have, so
     the loader infers every setting; a LoRA for each."""
-    from diffusers import WanTransformer3DModel
-
-    from blade_ops.models import keymaps
-    from blade_ops.models.tiny import tiny_transformer_config
-
     d = tmp_path_factory.mktemp("a14b_files")
-    config = dict(tiny_transformer_config(WAN22_A14B.name), num_attention_heads=1, attention_head_dim=128,
-                  num_layers=1)
-    experts = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        experts.append(WanTransformer3DModel(**config).eval())
+    experts, high, low = a14b_expert_files(d)
     return {
-        "high": save(fp8_scaled(keymaps.wan_transformer_to_original(experts[0].state_dict())), d / "high.safetensors"),
-        "low": save(keymaps.wan_transformer_to_original(experts[1].state_dict()), d / "low.safetensors"),
+        "high": high,
+        "low": low,
         "lora": attention_lora(experts[1], d, alpha=8.0),
         "folder": tiny_folder(WAN22_A14B.name),
     }

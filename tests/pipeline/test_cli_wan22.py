@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from blade_ops.families import WAN22_A14B, WAN22_TI2V
 from blade_ops.generate import build_parser, main
-from blade_ops.models import keymaps
 from blade_ops.video_io import read_mp4, read_mp4_comment
 from tests.common import attention_lora
-from tests.models.model_helpers import fp8_scaled, save
+from tests.models.model_helpers import a14b_expert_files
 
 
 def test_family_choices_come_from_the_registry():
@@ -35,20 +33,8 @@ def test_ti2v_folder_blade_preset(tiny_folder, tmp_path):
 def test_a14b_expert_files_with_a_lora_each(tiny_folder, tmp_path, capsys):
     """Two expert files as ComfyUI ships them (high-noise fp8_scaled, low-noise fp32); 128-wide heads, so every
     setting is inferred from the shapes as for the released files."""
-    from diffusers import WanTransformer3DModel
-
-    from blade_ops.models.tiny import tiny_transformer_config
-
     folder = tiny_folder(WAN22_A14B.name)
-    config = dict(tiny_transformer_config(WAN22_A14B.name), num_attention_heads=1, attention_head_dim=128,
-                  num_layers=1)
-    experts = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        experts.append(WanTransformer3DModel(**config).eval())
-    high = save(fp8_scaled(keymaps.wan_transformer_to_original(experts[0].state_dict())),
-                tmp_path / "high_noise_fp8_scaled.safetensors")
-    low = save(keymaps.wan_transformer_to_original(experts[1].state_dict()), tmp_path / "low.safetensors")
+    experts, high, low = a14b_expert_files(tmp_path, high="high_noise_fp8_scaled.safetensors")
     loras = [attention_lora(expert, tmp_path / name) for name, expert in zip("hl", experts, strict=True)]
     out = tmp_path / "a14b.mp4"
     common = ["--transformer", str(high), "--vae", str(folder / "vae"), "--text-encoder", str(folder),
