@@ -398,8 +398,10 @@ def bench_shape(name: str, args, results: dict) -> None:
             "M64_N128_w4_s3_TMA": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3, "USE_TMA": True},
             "nobias_default": "nobias",
         }
-        if d == 64:  # head dim 64 (CogVideoX): a few more tile shapes, all with TMA loads
-            for bm_, bn_, w_, s_ in ((128, 64, 4, 3), (64, 64, 4, 4)):
+        tiles = {64: ((128, 64, 4, 3), (64, 64, 4, 4)),  # head dim 64 (CogVideoX)
+                 128: ((128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3))}
+        if d in tiles:  # a few more tile shapes, all with TMA loads
+            for bm_, bn_, w_, s_ in tiles[d]:
                 variants[f"M{bm_}_N{bn_}_w{w_}_s{s_}_TMA"] = {
                     "BLOCK_M": bm_, "BLOCK_N": bn_, "num_warps": w_, "num_stages": s_, "USE_TMA": True,
                 }

@@ -10,7 +10,8 @@ baseline's warm-up (installing ASA for blade afterwards makes the blocks recompi
 ``--compile-vae`` also compiles the Wan VAE decoder (experimental: in this flow on torch 2.11 its second decode
 recompiled, see docs/BENCHMARKS.md). All
 compilation happens in the untimed warm-up runs, whose duration is reported (warm-up (s)); the timed run must not
-compile anything new (``new_graphs_timed`` in the JSON, a warning otherwise).
+compile anything new (``new_graphs_timed`` in the JSON, a warning otherwise). ``--fp8-linear`` times the blade
+preset once more with fp8 (e4m3) linear layers in the blocks (row ``blade+fp8``; the baseline stays bf16).
 
     python benchmarks/end_to_end.py --variant wan2.1-t2v-1.3b --markdown runs/e2e_wan.md
     python benchmarks/end_to_end.py --variant wan2.1-t2v-1.3b --compile --json runs/e2e_wan_compiled.json
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from blade_ops.attention import get_asa_handle  # noqa: E402
 from blade_ops.families import get_family  # noqa: E402
 from blade_ops.models.bundle import ModelBundle  # noqa: E402
+from blade_ops.models.fp8_linear import install_fp8_linears  # noqa: E402
 from blade_ops.models.tiny import build_word_tokenizer  # noqa: E402
 from blade_ops.models.variants import get_variant, random_model  # noqa: E402
 from blade_ops.pipeline import (  # noqa: E402
@@ -239,6 +241,8 @@ def main() -> None:
                         help="torch.compile each transformer block, for every preset (compiled in the warm-up)")
     parser.add_argument("--compile-vae", action="store_true", help="also torch.compile the Wan VAE decoder")
     parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
+    parser.add_argument("--fp8-linear", action="store_true",
+                        help="after the presets, time blade once more with fp8 linear layers (row 'blade+fp8')")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--markdown", help="also write the markdown table here")
     args = parser.parse_args()
@@ -272,6 +276,11 @@ def main() -> None:
         with dense_sdpa_context(args.dense_sdpa):
             results["presets"][preset] = run_preset(bundle, preset, size, steps.get(preset), args)
         logger.info("%s: %s", preset, json.dumps(results["presets"][preset]))
+    if args.fp8_linear:  # last: the fp8 layers stay on the (already sparse) transformer
+        install_fp8_linears(bundle.transformer, device=device)
+        with dense_sdpa_context(args.dense_sdpa):
+            results["presets"]["blade+fp8"] = run_preset(bundle, "blade", size, steps["blade"], args)
+        logger.info("blade+fp8: %s", json.dumps(results["presets"]["blade+fp8"]))
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     md = render_markdown(results, command)
     print(md)  # noqa: T201 (benchmark report)
