@@ -1,10 +1,11 @@
 """Where the Wan VAE decode spends its time at 81x480x832 (latent 21x60x104), bf16, on one GPU.
 
-Times the pipeline's decode (``decode_wan_chunked``: default chunk, channels-last) in four settings, eager or
-with the decoder's parts compiled, each with cuDNN's algorithm search (``torch.backends.cudnn.benchmark``) off
-and on, checks each against the float32 decode of diffusers' own loop, then profiles one decode of the fastest
-setting and groups its GPU kernel time: convolutions (cuDNN / CUTLASS / implicit-GEMM kernels), copies and
-concatenations, normalisation, and the rest. Random weights of the shipped config (time does not depend on them).
+Times the pipeline's decode (``decode_wan_chunked``: default chunk, channels-last) eager and with the decoder's
+parts compiled, each with cuDNN's algorithm search (``torch.backends.cudnn.benchmark``) off and on, and with the
+spatial padding left to the convolutions (``set_implicit_padding``), checks each against the float32 decode of
+diffusers' own loop, then profiles one decode of each eager setting and groups its GPU kernel time: convolutions
+(cuDNN / CUTLASS / implicit-GEMM kernels), copies and concatenations, normalisation, and the rest. Random weights
+of the shipped config (time does not depend on them).
 
     python benchmarks/vae_decode_breakdown.py --json runs/vae_breakdown.json --markdown runs/vae_breakdown.md
 """
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from blade_ops.models.variants import random_model  # noqa: E402
-from blade_ops.pipeline.wan_decode import decode_wan_chunked  # noqa: E402
+from blade_ops.pipeline.wan_decode import decode_wan_chunked, set_implicit_padding  # noqa: E402
 
 LATENT = (21, 60, 104)
 KERNEL_GROUPS = (
@@ -104,9 +105,12 @@ def main() -> None:
 
     rows = []
     best = None
-    settings = [(False, False), (False, True)] + ([] if args.no_compile else [(True, False), (True, True)])
-    for compiled, search in settings:
+    settings = [(False, False, False), (False, True, False), (False, True, True)]
+    if not args.no_compile:
+        settings += [(True, False, False), (True, True, False), (True, True, True)]
+    for compiled, search, implicit in settings:
         torch.backends.cudnn.benchmark = search
+        set_implicit_padding(vae, implicit)
         if compiled:
             from blade_ops.pipeline.compile import compile_vae_decoder
 
@@ -118,7 +122,8 @@ def main() -> None:
         seconds, first, out = timed(fn, args.repeats)
         out = out.float()
         row = {
-            "compiled": compiled, "cudnn_benchmark": search, "seconds": seconds, "first_call_s": first,
+            "compiled": compiled, "cudnn_benchmark": search, "implicit_padding": implicit,
+            "seconds": seconds, "first_call_s": first,
             "rel_err_vs_fp32": ((out - ref).norm() / ref.norm()).item(), "finite": bool(torch.isfinite(out).all()),
         }
         del out
@@ -134,12 +139,14 @@ def main() -> None:
             print(json.dumps({k: row.get(k) for k in ("groups_ms", "top_kernels", "profile_error")}), flush=True)
 
     lines = [
-        "| decoder | cuDNN algorithm search | decode (s) | first call (s) | rel. diff vs fp32 diffusers loop |",
-        "|---|---|---|---|---|",
+        "| decoder | cuDNN algorithm search | spatial padding | decode (s) | first call (s) "
+        "| rel. diff vs fp32 diffusers loop |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {'parts compiled' if r['compiled'] else 'eager'} | {'on' if r['cudnn_benchmark'] else 'off'} "
+            f"| {'in the convolution' if r['implicit_padding'] else 'F.pad copy'} "
             f"| {r['seconds']:.3f} | {r['first_call_s']:.1f} | {r['rel_err_vs_fp32']:.1e}"
             f"{'' if r['finite'] else ' NaN!'} |"
         )
@@ -147,7 +154,9 @@ def main() -> None:
         if "groups_ms" in r:
             total = sum(r["groups_ms"].values())
             search = "on" if r["cudnn_benchmark"] else "off"
-            lines += ["", f"GPU kernel time of one eager decode, cuDNN search {search} ({total:.0f} ms in kernels):",
+            pad = "implicit" if r["implicit_padding"] else "F.pad"
+            lines += ["", f"GPU kernel time of one eager decode, cuDNN search {search}, {pad} padding "
+                      f"({total:.0f} ms in kernels):",
                       "", "| group | ms | share |", "|---|---|---|"]
             for group, ms in sorted(r["groups_ms"].items(), key=lambda kv: -kv[1]):
                 lines.append(f"| {group} | {ms:.0f} | {ms / total:.0%} |")

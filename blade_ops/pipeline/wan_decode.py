@@ -73,6 +73,40 @@ def set_conv3d_layout(vae: torch.nn.Module, channels_last: bool) -> None:
             module.weight.data = module.weight.data.contiguous(memory_format=fmt)
 
 
+def _causal_conv_forward(conv: torch.nn.Module, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
+    """diffusers' ``WanCausalConv3d.forward`` with the spatial zero padding left to the convolution itself.
+
+    diffusers pads height and width with ``F.pad``, a full copy of the input before every 3x3x3 convolution; the
+    convolution's own ``padding`` argument pads the same zeros without that copy. Only the causal time padding
+    (the cached frames, or zeros without a cache) is still concatenated in front.
+    """
+    w_pad, _, h_pad, _, t_pad, _ = conv._padding
+    if cache_x is not None and t_pad > 0:
+        x = torch.cat([cache_x.to(x.device), x], dim=2)
+        t_pad -= cache_x.shape[2]
+    if t_pad > 0:
+        x = torch.nn.functional.pad(x, (0, 0, 0, 0, t_pad, 0))
+    return torch.nn.functional.conv3d(
+        x, conv.weight, conv.bias, conv.stride, (0, h_pad, w_pad), conv.dilation, conv.groups
+    )
+
+
+def set_implicit_padding(vae: torch.nn.Module, enable: bool) -> int:
+    """Run every causal 3D convolution of ``vae`` through :func:`_causal_conv_forward` (or back through diffusers'
+    own forward); returns how many convolutions it switched. Outputs are the same zeros-padded convolutions."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    count = 0
+    for module in vae.modules():
+        if isinstance(module, WanCausalConv3d):
+            if enable:
+                module.forward = _causal_conv_forward.__get__(module)
+            else:
+                module.__dict__.pop("forward", None)
+            count += 1
+    return count
+
+
 @torch.no_grad()
 def decode_wan_chunked(
     vae: torch.nn.Module, z: torch.Tensor, chunk_frames: int | None = None, *, channels_last: bool | None = None

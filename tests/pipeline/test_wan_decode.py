@@ -153,3 +153,21 @@ def test_request_refuses_a_bad_chunk_length():
 
     with pytest.raises(ValueError, match="vae_chunk_frames=0 must be a positive integer"):
         GenerationRequest(prompt="x", vae_chunk_frames=0)
+
+
+def test_implicit_padding_gives_the_same_frames_and_switches_back(vae_and_reference):
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    from blade_ops.pipeline.wan_decode import set_implicit_padding
+
+    vae, z, reference = vae_and_reference
+    convs = [m for m in vae.modules() if isinstance(m, WanCausalConv3d)]
+    try:
+        assert set_implicit_padding(vae, True) == len(convs) > 0
+        for chunk in (1, 3):
+            out = decode_wan_chunked(vae, z, chunk)
+            torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
+    finally:
+        set_implicit_padding(vae, False)
+    assert all("forward" not in conv.__dict__ for conv in convs)
+    torch.testing.assert_close(decode_wan_chunked(vae, z, 2), reference, rtol=0, atol=1e-5)
