@@ -91,20 +91,65 @@ def _causal_conv_forward(conv: torch.nn.Module, x: torch.Tensor, cache_x: torch.
     )
 
 
-def set_implicit_padding(vae: torch.nn.Module, enable: bool) -> int:
-    """Run every causal 3D convolution of ``vae`` through :func:`_causal_conv_forward` (or back through diffusers'
-    own forward); returns how many convolutions it switched. Outputs are the same zeros-padded convolutions."""
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+#: F.normalize's floor on the norm (1e-12), squared, as ``F.rms_norm``'s eps per channel is divided out below.
+_NORM_FLOOR_SQ = 1e-24
 
+
+def _rms_norm_forward(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``WanRMS_norm.forward`` (``F.normalize`` over channels in float32, cast, times sqrt(C), gamma and
+    bias: six passes over the activations, two in float32) as one fused ``F.rms_norm`` over the channels.
+
+    x / sqrt(mean(x^2) + eps) equals normalize(x) * sqrt(C) up to float rounding; the eps stands in for
+    normalize's 1e-12 floor on the norm. In channels-last layout the channels are the innermost dimension, so the
+    moved view is contiguous and no copy is made.
+    """
+    if not norm.channel_first or x.dim() != 5:
+        return type(norm).forward(norm, x)
+    channels = x.shape[1]
+    weight = norm.gamma.reshape(channels).to(x.dtype)
+    y = torch.nn.functional.rms_norm(x.movedim(1, -1), (channels,), weight, _NORM_FLOOR_SQ / channels).movedim(-1, 1)
+    return y + norm.bias if isinstance(norm.bias, torch.Tensor) else y
+
+
+def _upsample_forward(upsample: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``WanUpsample.forward`` without its float32 round trip: nearest-neighbour upsampling copies
+    values, so doing it in the input's dtype gives the same numbers with a third of the memory traffic."""
+    if upsample.mode not in ("nearest", "nearest-exact"):
+        return type(upsample).forward(upsample, x)
+    return torch.nn.functional.interpolate(
+        x, upsample.size, upsample.scale_factor, upsample.mode, upsample.align_corners,
+        recompute_scale_factor=upsample.recompute_scale_factor,
+    )
+
+
+def _fast_forwards() -> dict[type, object]:
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanRMS_norm, WanUpsample
+
+    return {WanCausalConv3d: _causal_conv_forward, WanRMS_norm: _rms_norm_forward, WanUpsample: _upsample_forward}
+
+
+def set_fast_decode_ops(vae: torch.nn.Module, enable: bool) -> int:
+    """Swap the Wan VAE's causal convolutions, RMS norms and upsamplers to the leaner forwards above (or back to
+    diffusers' own); returns how many modules it switched. The frames are the same up to float rounding
+    (tests/pipeline/test_wan_decode.py)."""
+    forwards = _fast_forwards()
     count = 0
     for module in vae.modules():
-        if isinstance(module, WanCausalConv3d):
-            if enable:
-                module.forward = _causal_conv_forward.__get__(module)
-            else:
-                module.__dict__.pop("forward", None)
-            count += 1
+        forward = forwards.get(type(module))
+        if forward is None:
+            continue
+        if enable:
+            module.forward = forward.__get__(module)
+        else:
+            module.__dict__.pop("forward", None)
+        count += 1
     return count
+
+
+def fast_decode_ops_enabled(vae: torch.nn.Module) -> bool:
+    """Whether :func:`set_fast_decode_ops` switched this VAE's modules."""
+    forwards = _fast_forwards()
+    return any(type(m) in forwards and "forward" in m.__dict__ for m in vae.modules())
 
 
 @torch.no_grad()
