@@ -3,10 +3,9 @@
 Times the pipeline's decode (``decode_wan_chunked``: default chunk, channels-last) eager and with the decoder's
 parts compiled, each with cuDNN's algorithm search (``torch.backends.cudnn.benchmark``) off and on, and with the
 decoder's lean forwards (``set_fast_decode_ops``: conv padding in the convolution, fused RMS norm, bf16
-upsampling), checks each against the float32 decode of
-diffusers' own loop, then profiles one decode of each eager setting and groups its GPU kernel time: convolutions
-(cuDNN / CUTLASS / implicit-GEMM kernels), copies and concatenations, normalisation, and the rest. Random weights
-of the shipped config (time does not depend on them).
+upsampling), checks each against the float32 decode of diffusers' own loop, then profiles one decode of each eager
+setting and groups its GPU kernel time: convolutions (cuDNN / CUTLASS / implicit-GEMM kernels), copies and
+concatenations, normalisation, and the rest. Random weights of the shipped config (time does not depend on them).
 
     python benchmarks/vae_decode_breakdown.py --json runs/vae_breakdown.json --markdown runs/vae_breakdown.md
 """
@@ -148,6 +147,9 @@ def main() -> None:
         del out
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if args.json:  # after every row, so a run cut short keeps what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"conv_flops": flops, "rows": rows}, indent=1))
         if best is None or seconds < best[0]:
             best = (seconds, compiled, search)
         if not compiled:
