@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from blade_ops.models.variants import random_model  # noqa: E402
-from blade_ops.pipeline.wan_decode import decode_wan_chunked, set_fast_decode_ops  # noqa: E402
+from blade_ops.pipeline.wan_decode import decode_wan_chunked  # noqa: E402
 
 LATENT = (21, 60, 104)
 KERNEL_GROUPS = (
@@ -128,14 +128,13 @@ def main() -> None:
         settings += [(True, False, False), (True, True, False), (True, True, True)]
     for compiled, search, fast in settings:
         torch.backends.cudnn.benchmark = search
-        set_fast_decode_ops(vae, fast)
         if compiled:
             from blade_ops.pipeline.compile import compile_vae_decoder
 
             compile_vae_decoder(vae)
 
-        def fn():
-            return decode_wan_chunked(vae, zb)
+        def fn(fast=fast):
+            return decode_wan_chunked(vae, zb, fast_ops=fast)
 
         seconds, first, out = timed(fn, args.repeats)
         out = out.float()

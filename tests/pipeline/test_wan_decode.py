@@ -172,29 +172,25 @@ def test_fast_decode_ops_give_the_same_frames_and_switch_back(vae_and_reference)
     assert {type(m) for m in swapped} == set(kinds)  # the tiny VAE has each kind, so each forward is exercised
     try:
         assert set_fast_decode_ops(vae, True) == len(swapped) and fast_decode_ops_enabled(vae)
-        for chunk in (1, 3):
-            out = decode_wan_chunked(vae, z, chunk)
-            torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
-        for channels_last in (False, True):
-            out = decode_wan_chunked(vae, z, 2, channels_last=channels_last)
+        set_fast_decode_ops(vae, False)
+        for chunk, channels_last in ((1, False), (3, False), (2, True)):
+            out = decode_wan_chunked(vae, z, chunk, channels_last=channels_last, fast_ops=True)
+            assert fast_decode_ops_enabled(vae)
             torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
     finally:
-        set_fast_decode_ops(vae, False)
         set_conv3d_layout(vae, False)
+    out = decode_wan_chunked(vae, z, 2)  # CPU latents: diffusers' own forwards again
     assert not fast_decode_ops_enabled(vae) and all("forward" not in m.__dict__ for m in swapped)
-    torch.testing.assert_close(decode_wan_chunked(vae, z, 2), reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
 
 
 def test_fast_decode_ops_in_bf16_stay_within_bf16_rounding_of_diffusers(vae_and_reference):
     """In bf16 both decodes differ from the float32 one by rounding; the fast ops may not add to that."""
-    from blade_ops.pipeline.wan_decode import set_fast_decode_ops
-
     vae32, z, reference = vae_and_reference
     vae = copy.deepcopy(vae32).to(torch.bfloat16)
     zb = z.to(torch.bfloat16)
-    plain = decode_wan_chunked(vae, zb, 2).float()
-    set_fast_decode_ops(vae, True)
-    fast = decode_wan_chunked(vae, zb, 2).float()
+    plain = decode_wan_chunked(vae, zb, 2, fast_ops=False).float()
+    fast = decode_wan_chunked(vae, zb, 2, fast_ops=True).float()
     assert torch.isfinite(fast).all()
     err_plain = ((plain - reference).norm() / reference.norm()).item()
     err_fast = ((fast - reference).norm() / reference.norm()).item()
