@@ -131,12 +131,15 @@ def _fast_forwards() -> dict[type, object]:
 def set_fast_decode_ops(vae: torch.nn.Module, enable: bool) -> int:
     """Swap the Wan VAE's causal convolutions, RMS norms and upsamplers to the leaner forwards above (or back to
     diffusers' own); returns how many modules it switched. The frames are the same up to float rounding
-    (tests/pipeline/test_wan_decode.py)."""
+    (tests/pipeline/test_wan_decode.py).
+    A module whose forward something else has replaced (a hook that wraps it) is left alone and not counted.
+    """
     forwards = _fast_forwards()
     count = 0
     for module in vae.modules():
         forward = forwards.get(type(module))
-        if forward is None:
+        current = getattr(module.__dict__.get("forward"), "__func__", None)
+        if forward is None or ("forward" in module.__dict__ and current is not forward):
             continue
         if enable:
             module.forward = forward.__get__(module)
@@ -148,8 +151,8 @@ def set_fast_decode_ops(vae: torch.nn.Module, enable: bool) -> int:
 
 def fast_decode_ops_enabled(vae: torch.nn.Module) -> bool:
     """Whether :func:`set_fast_decode_ops` switched this VAE's modules."""
-    forwards = _fast_forwards()
-    return any(type(m) in forwards and "forward" in m.__dict__ for m in vae.modules())
+    forwards = set(_fast_forwards().values())
+    return any(getattr(m.__dict__.get("forward"), "__func__", None) in forwards for m in vae.modules())
 
 
 @torch.no_grad()
