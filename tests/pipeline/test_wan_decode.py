@@ -214,3 +214,21 @@ def test_fast_decode_ops_in_bf16_stay_within_bf16_rounding_of_diffusers(vae_and_
     err_fast = ((fast - reference).norm() / reference.norm()).item()
     assert 0 < err_plain < 0.05
     assert err_fast <= 1.5 * err_plain, (err_fast, err_plain)
+
+
+def test_fast_decode_ops_leave_a_replaced_forward_alone():
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    from blade_ops.pipeline.wan_decode import set_fast_decode_ops
+
+    vae = _vae()
+    hooked = next(m for m in vae.modules() if isinstance(m, WanCausalConv3d))
+    original = hooked.forward
+
+    def hook(*args, **kwargs):  # e.g. an offloading hook wrapping the module's forward
+        return original(*args, **kwargs)
+
+    hooked.forward = hook
+    total = set_fast_decode_ops(vae, True)
+    assert hooked.__dict__["forward"] is hook
+    assert set_fast_decode_ops(vae, False) == total and hooked.__dict__["forward"] is hook
