@@ -162,15 +162,16 @@ def decode_wan_chunked(
     chunk_frames: int | None = None,
     *,
     channels_last: bool | None = None,
-    fast_ops: bool | None = None,
+    fast_ops: bool = False,
 ) -> torch.Tensor:
     """Frames [B, 3, F, H, W] in [-1, 1] from Wan latents [B, C, T, H, W] (in the VAE's scale), ``chunk_frames``
     latent frames per decoder call after the first (default: :func:`default_chunk_frames`).
 
     ``channels_last`` (default: on for CUDA tensors) switches the VAE's Conv3d weights and the latents to
     channels-last layout first; the weights stay that way. Equal to ``vae.decode(z).sample`` up to float
-    rounding; see the module docstring for why. ``fast_ops`` (default: on for CUDA tensors) switches the VAE to
-    :func:`set_fast_decode_ops`'s forwards, or back to diffusers' own when False; the VAE stays that way.
+    rounding; see the module docstring for why. ``fast_ops`` switches the VAE to :func:`set_fast_decode_ops`'s
+    forwards (or back to diffusers' own); the VAE stays that way. Off by default until benchmarks/
+    vae_decode_breakdown.py has timed it on a GPU.
     """
     if not is_chunkable(vae):
         raise TypeError(f"decode_wan_chunked needs a diffusers AutoencoderKLWan, got {type(vae).__name__}")
@@ -183,7 +184,7 @@ def decode_wan_chunked(
         raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
     if channels_last is None:
         channels_last = z.is_cuda
-    set_fast_decode_ops(vae, z.is_cuda if fast_ops is None else fast_ops)
+    set_fast_decode_ops(vae, fast_ops)
     if channels_last:
         set_conv3d_layout(vae, True)
         z = z.contiguous(memory_format=torch.channels_last_3d)

@@ -194,7 +194,7 @@ def test_fast_decode_ops_give_the_same_frames_and_switch_back(vae_and_reference)
             torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
     finally:
         set_conv3d_layout(vae, False)
-    out = decode_wan_chunked(vae, z, 2)  # CPU latents: diffusers' own forwards again
+    out = decode_wan_chunked(vae, z, 2)  # the default: diffusers' own forwards again
     assert not fast_decode_ops_enabled(vae) and all("forward" not in m.__dict__ for m in swapped)
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
 
