@@ -93,6 +93,11 @@ ASA_POINTS: dict[str, dict] = {
     "pooled estimate, num_keep 16": {"estimate_tokens": "pooled", "num_keep": 16},
     "pooled estimate, min 0.08, no global": {"estimate_tokens": "pooled", "min_ratio": 0.08, "use_global": False},
     "pooled estimate, max 0.10": {"estimate_tokens": "pooled", "max_ratio": 0.10},
+    # global_skips_kept: the global branch leaves out the pooled tokens of the blocks a query row keeps
+    "global without kept blocks": {"global_skips_kept": True},
+    "global without kept blocks, min 0.03": {"global_skips_kept": True, "min_ratio": 0.03},
+    "global without kept blocks, max 0.10": {"global_skips_kept": True, "max_ratio": 0.10},
+    "global without kept blocks, pooled estimate": {"global_skips_kept": True, "estimate_tokens": "pooled"},
 }
 SOL_TAUS = (1.3, 2.0, 0.8, 1.0, 1.6, 2.5, 3.0)  # core's default 1.3 first
 SOL_AUG_TAUS = (1.3, 2.0)  # with token_aug 256, the node's default extra_tokens
@@ -103,11 +108,12 @@ def sweep_points(smoke: bool) -> list[tuple[str, str, dict]]:
     """(method, label, params) in priority order: defaults and core's defaults first."""
     asa = [("asa", label, over) for label, over in ASA_POINTS.items()]
     if smoke:
-        return [p for p in asa if p[1] in ("defaults", "no global", "num_keep 16", "min 0.12", "pooled estimate")]
+        return [p for p in asa if p[1] in ("defaults", "no global", "num_keep 16", "min 0.12", "pooled estimate",
+                                          "global without kept blocks")]
     sol = [("sol-attn", f"tau {t}", {"tau": t, "token_aug": 0}) for t in SOL_TAUS]
     sol += [("sol-attn", f"tau {t}, extra_tokens 256", {"tau": t, "token_aug": 256}) for t in SOL_AUG_TAUS]
     sla = [("sla", f"top-k {r:.2f}", {"topk_ratio": r}) for r in SLA_RATIOS]
-    pooled = [p for p in asa if p[1] == "pooled estimate"]
+    pooled = [p for p in asa if p[1] in ("pooled estimate", "global without kept blocks")]
     head = asa[:2] + pooled + sol[:2] + sla[:1]
     rest = [p for p in asa + sol + sla if p not in head]
     return head + rest
@@ -350,6 +356,10 @@ def render_markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shape, torch backend, ASA only")
+    parser.add_argument("--cpu-errors", action="store_true",
+                        help="CPU, the Wan shape with one head, float32, torch backend, ASA only: errors and "
+                             "densities, no timing (about 13 GB of memory per point)")
+    parser.add_argument("--points", default=None, help="ASA point labels to run, separated by ';' (default: all)")
     parser.add_argument("--budget-s", type=float, default=240.0, help="start no new point after this many seconds")
     parser.add_argument("--families", default="peaked,diffuse", help="comma list of " + ", ".join(FAMILIES))
     parser.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "asa_vs_sol.json"))
@@ -357,14 +367,21 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t_start = time.time()
+    wanted = {p.strip() for p in args.points.split(";")} if args.points else None
+    if wanted and wanted - set(ASA_POINTS):
+        raise SystemExit(f"--points names unknown ASA points {sorted(wanted - set(ASA_POINTS))}; valid: "
+                         f"{list(ASA_POINTS)}")
     if args.smoke:
         device, dtype, shape, backend = torch.device("cpu"), torch.float32, SMOKE, "torch"
+    elif args.cpu_errors:
+        device, dtype, shape, backend = torch.device("cpu"), torch.float32, {**WAN, "heads": 1}, "torch"
     else:
         if not torch.cuda.is_available():
             raise RuntimeError("benchmarks/asa_vs_sol.py needs a CUDA GPU (or --smoke for the CPU check).")
         device, dtype, shape, backend = torch.device("cuda"), torch.bfloat16, WAN, "flex"
-    bench = _timer(device)
-    ck, reason = (None, "--smoke runs ASA only") if args.smoke else comfy_kitchen_or_reason(device)
+    cpu = args.smoke or args.cpu_errors
+    bench = (lambda fn: float("nan")) if args.cpu_errors else _timer(device)  # CPU times at this shape mean nothing
+    ck, reason = (None, "CPU runs are ASA only") if cpu else comfy_kitchen_or_reason(device)
     if reason:
         logger.warning("comfy-kitchen skipped: %s", reason)
     length = shape["grid"][0] * shape["grid"][1] * shape["grid"][2]
@@ -390,7 +407,7 @@ def main() -> None:
                                      "dense_rel_err": fams[name]["dense_rel_err"], "points": []}
         logger.info("%s: dense %.2f ms, bf16 error %.4f", name, fams[name]["dense_ms"], fams[name]["dense_rel_err"])
     for method, label, params in sweep_points(args.smoke):
-        if method != "asa" and ck is None:
+        if (method != "asa" and ck is None) or (wanted and label not in wanted):
             continue
         if time.time() - t_start > args.budget_s:
             results["skipped"].append(f"{method} {label}")

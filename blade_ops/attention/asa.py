@@ -102,17 +102,45 @@ def merge_by_lse(
 
 
 def _pooled_attention(
-    q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, bias: float, scale: float, chunk: int = 8192
+    q: torch.Tensor,
+    kp: torch.Tensor,
+    vp: torch.Tensor,
+    bias: float,
+    scale: float,
+    chunk: int = 8192,
+    *,
+    skip: torch.Tensor | None = None,
+    block_size: int = 128,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense attention of q [B, H, L, D] over pooled kp/vp [B, H, Np, D] with a score bias; float32 math."""
+    """Dense attention of q [B, H, L, D] over pooled kp/vp [B, H, Np, D] with a score bias; float32 math.
+
+    ``skip`` [B, H, ceil(L / block_size), Np] bool leaves pooled tokens out per query block. A row that leaves out
+    every pooled token gets output 0 and LSE -inf, which :func:`merge_by_lse` weighs as nothing.
+    """
     outs, lses = [], []
     kf, vf = kp.float(), vp.float()
     for start in range(0, q.shape[2], chunk):
         s = torch.matmul(q[:, :, start : start + chunk].float(), kf.transpose(-1, -2)) * scale + bias
+        if skip is not None:
+            rows = torch.arange(start, start + s.shape[2], device=q.device) // block_size
+            s = s.masked_fill(skip[:, :, rows], float("-inf"))
         lse = torch.logsumexp(s, dim=-1)
-        outs.append(torch.matmul(torch.exp(s - lse.unsqueeze(-1)), vf))
+        finite = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+        outs.append(torch.matmul(torch.exp(s - finite.unsqueeze(-1)), vf))
         lses.append(lse)
     return torch.cat(outs, dim=2).to(q.dtype), torch.cat(lses, dim=2)
+
+
+def pooled_blocks_kept(selection_dense: torch.Tensor, num_video: int, gap: int, block_size: int) -> torch.Tensor:
+    """[B, H, nqb, Np] bool: whether each query-block row keeps the key block that pooled token j summarises.
+
+    Pooled token j is the mean of curve-order video tokens [j * gap, min((j + 1) * gap, num_video)); a segment
+    that straddles two blocks counts as the block holding its middle token.
+    """
+    starts = torch.arange(0, num_video, gap, device=selection_dense.device)
+    stops = (starts + gap).clamp(max=num_video)
+    blocks = ((starts + stops - 1) // 2) // block_size
+    return selection_dense[..., blocks]
 
 
 @dataclass
@@ -210,7 +238,7 @@ def asa_attention(
     if use_global:
         mode = config.global_mode
         if mode == "auto":
-            mode = "fold" if kernel.supports_kv_bias else "merge"
+            mode = "fold" if kernel.supports_kv_bias and not config.global_skips_kept else "merge"
         elif mode == "fold" and not kernel.supports_kv_bias:
             raise ValueError(
                 f"global_mode='fold' needs a backend that supports a key bias; {name!r} does not. "
@@ -240,7 +268,8 @@ def asa_attention(
     else:
         kp, vp = pool_kv(k, num_video, gap), pool_kv(v, num_video, gap)
         out1, lse1 = kernel.fn(q, k, v, selection.dense, bs, scale)
-        out2, lse2 = _pooled_attention(q, kp, vp, ln_gap, scale)
+        skip = pooled_blocks_kept(selection.dense, num_video, gap, bs) if config.global_skips_kept else None
+        out2, lse2 = _pooled_attention(q, kp, vp, ln_gap, scale, skip=skip, block_size=bs)
         out, _ = merge_by_lse(out1, lse1, out2, lse2)
 
     if perm is not None:

@@ -37,6 +37,11 @@ class ASAConfig:
     # row the mean of block_size/num_keep consecutive curve-order tokens, so every token counts; same estimate cost
     # plus one read of q and k; more attention mass kept at the same density, benchmarks/asa_vs_sol.py).
     estimate_tokens: str = "sampled"
+    # The reference's global branch attends to the pooled tokens of every block, so a query also sees, pooled, the
+    # blocks it already attends to exactly, and their mass counts twice. True leaves those pooled tokens out per
+    # query-block row (needs global_mode "merge" or "auto"; off by default: the BLADE LoRAs were distilled with
+    # the reference branch). benchmarks/asa_vs_sol.py measures what it changes.
+    global_skips_kept: bool = False
 
     def __post_init__(self) -> None:
         bs = self.block_size
@@ -71,6 +76,13 @@ class ASAConfig:
         object.__setattr__(self, "dense_layers", tuple(sorted(set(layers))))
         if self.global_mode not in GLOBAL_MODES:
             raise ValueError(f"global_mode={self.global_mode!r} is not one of {GLOBAL_MODES}.")
+        if not isinstance(self.global_skips_kept, bool):
+            raise ValueError(f"global_skips_kept={self.global_skips_kept!r} must be True or False.")
+        if self.global_skips_kept and self.global_mode == "fold":
+            raise ValueError(
+                "global_skips_kept=True leaves pooled tokens out per query-block row, which only the 'merge' global "
+                "mode does; use global_mode='merge' or 'auto'."
+            )
         if self.estimate_precision not in ESTIMATE_PRECISIONS:
             raise ValueError(
                 f"estimate_precision={self.estimate_precision!r} is not one of {ESTIMATE_PRECISIONS}."

@@ -67,7 +67,8 @@ def test_text_first_layout_equals_dense():
 
 
 def _explicit(q, k, v, sel_dense, cfg, grid, text):
-    """Reference formula in curve order: kept tokens plus pooled tokens with weight sample_gap, float64."""
+    """Reference formula in curve order: kept tokens plus pooled tokens with weight sample_gap, float64; with
+    ``global_skips_kept``, a row leaves out the pooled tokens whose segment's middle token lies in a block it keeps."""
     perm, inverse = token_order(grid, text, "cpu")
     qc, kc, vc = (x[:, :, perm].double() for x in (q, k, v))
     n_video = grid[0] * grid[1] * grid[2]
@@ -78,6 +79,12 @@ def _explicit(q, k, v, sel_dense, cfg, grid, text):
     if cfg.use_global:
         kp, vp = pool_kv(kc, n_video, cfg.sample_gap), pool_kv(vc, n_video, cfg.sample_gap)
         wp = cfg.sample_gap * torch.exp(qc @ kp.transpose(-1, -2) / math.sqrt(q.shape[-1]))
+        if cfg.global_skips_kept:
+            for j in range(kp.shape[2]):
+                segment = list(range(j * cfg.sample_gap, min((j + 1) * cfg.sample_gap, n_video)))
+                block = segment[len(segment) // 2 - (1 - len(segment) % 2)] // cfg.block_size
+                kept_rows = expand_block_mask(sel_dense[..., block : block + 1], cfg.block_size, length, 1)[..., 0]
+                wp[..., j] = wp[..., j].masked_fill(kept_rows, 0.0)
         num, den = num + wp @ vp, den + wp.sum(-1, keepdim=True)
     return (num / den)[:, :, inverse]
 
@@ -214,3 +221,46 @@ def test_fold_and_merge_gradients_agree(reorder):
         grads[mode] = torch.autograd.grad(out, (q, k, v), g)
     for a, b in zip(grads["fold"], grads["merge"], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "flex"])
+@pytest.mark.parametrize("text", [0, TEXT])
+def test_global_branch_without_kept_blocks_matches_explicit_formula(backend, text):
+    q, k, v = _qkv(text=text, seed=3, scale=1.5)
+    cfg = ASAConfig(block_size=16, num_keep=4, tau=0.6, min_ratio=0.2, max_ratio=0.5, sample_gap=5,
+                    global_skips_kept=True)
+    plans = []
+    out = asa_attention(q, k, v, grid=GRID, num_text_tokens=text, config=cfg, backend=backend, plan_out=plans)
+    assert plans[0].global_mode == "merge"  # "auto" picks the mode that can leave tokens out per row
+    sel = plans[0].selection
+    assert 0.0 < float(sel.density()) < 1.0
+    ref = _explicit(q, k, v, sel.dense, cfg, GRID, text)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    reference_cfg = ASAConfig(**{**cfg.to_dict(), "global_skips_kept": False})
+    reference_branch = asa_attention(q, k, v, grid=GRID, num_text_tokens=text, config=reference_cfg, backend=backend)
+    assert (reference_branch - out).abs().max() > 1e-3  # the option changes the output
+
+
+def test_global_branch_without_kept_blocks_is_dense_when_a_row_keeps_everything():
+    """tau=1 keeps every block although the lower clamp alone would not: the branch is on, but every pooled token
+    lies in a kept block, so each row leaves them all out and the output is dense attention, not NaN."""
+    q, k, v = _qkv(text=TEXT, seed=6)
+    cfg = ASAConfig(block_size=16, num_keep=4, tau=1.0, min_ratio=0.2, max_ratio=1.0, sample_gap=4,
+                    global_skips_kept=True)
+    plans = []
+    out = asa_attention(q, k, v, grid=GRID, num_text_tokens=TEXT, config=cfg, backend="torch", plan_out=plans)
+    assert plans[0].global_mode == "merge" and float(plans[0].selection.density()) == 1.0
+    assert torch.isfinite(out).all()
+    assert (out - F.scaled_dot_product_attention(q, k, v)).abs().max() <= 1e-5
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out = asa_attention(q, k, v, grid=GRID, num_text_tokens=TEXT, config=cfg, backend="torch")
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    assert all(torch.isfinite(x).all() for x in grads)
+
+
+def test_global_skips_kept_is_refused_with_fold_and_when_not_a_bool():
+    with pytest.raises(ValueError, match="only the 'merge' global mode"):
+        ASAConfig(global_skips_kept=True, global_mode="fold")
+    with pytest.raises(ValueError, match="must be True or False"):
+        ASAConfig(global_skips_kept=1)
+    assert ASAConfig.from_dict(ASAConfig(global_skips_kept=True).to_dict()).global_skips_kept is True
