@@ -333,9 +333,12 @@ def render_markdown(results: dict) -> str:
                 lines.append(f"| {r['method']} | {r['label']} | failed: {r['error'][:80]} | | | | |")
                 continue
             approx = "~" if r["method"] != "asa" else ""
+            timed = r["ms"] == r["ms"]  # NaN: a --cpu-errors run, which times nothing
+            ms, speedup = (f"{r['ms']:.2f}", f"{r['speedup']:.2f}x") if timed else ("-", "-")
+            front = ("yes" if id(r) in fronts[r["method"]] else "") if timed else "-"
             lines.append(
-                f"| {r['method']} | {r['label']} | {r['ms']:.2f} | {r['speedup']:.2f}x | {r['rel_err']:.4f} | "
-                f"{approx}{r['density']:.3f} | {'yes' if id(r) in fronts[r['method']] else ''} |"
+                f"| {r['method']} | {r['label']} | {ms} | {speedup} | {r['rel_err']:.4f} | "
+                f"{approx}{r['density']:.3f} | {front} |"
             )
         cmp_rows = fr.get("compare", [])
         if cmp_rows:
