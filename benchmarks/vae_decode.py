@@ -53,6 +53,17 @@ def channels_last_3d(vae: torch.nn.Module, enable: bool) -> None:
             module.weight.data = module.weight.data.to(memory_format=fmt)
 
 
+def median_seconds(fn, repeats: int) -> tuple[float, torch.Tensor]:
+    """(median seconds over ``repeats`` synchronised calls of ``fn``, the last output)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
 @torch.no_grad()
 def time_decode(fn, repeats: int):
     out = fn()  # warm-up
@@ -61,13 +72,8 @@ def time_decode(fn, repeats: int):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), (torch.cuda.max_memory_allocated() - base) / 2**30, out
+    seconds, out = median_seconds(fn, repeats)
+    return seconds, (torch.cuda.max_memory_allocated() - base) / 2**30, out
 
 
 def wan_settings(vae_by_dtype, z32, args):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -24,6 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from vae_decode import median_seconds  # noqa: E402
 
 from blade_ops.models.variants import random_model  # noqa: E402
 from blade_ops.pipeline.wan_decode import decode_wan_chunked  # noqa: E402
@@ -68,13 +70,8 @@ def timed(fn, repeats: int) -> tuple[float, float, torch.Tensor]:
     torch.cuda.synchronize()
     first = time.perf_counter() - start
     del out
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), first, out
+    seconds, out = median_seconds(fn, repeats)
+    return seconds, first, out
 
 
 def profile_groups(fn) -> tuple[dict, list]:
