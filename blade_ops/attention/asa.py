@@ -124,9 +124,11 @@ def _pooled_attention(
         if skip is not None:
             rows = torch.arange(start, start + s.shape[2], device=q.device) // block_size
             s = s.masked_fill(skip[:, :, rows], float("-inf"))
-        lse = torch.logsumexp(s, dim=-1)
-        finite = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-        outs.append(torch.matmul(torch.exp(s - finite.unsqueeze(-1)), vf))
+            lse = torch.logsumexp(s, dim=-1)
+            shift = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))  # rows with no pooled token left
+        else:
+            lse = shift = torch.logsumexp(s, dim=-1)
+        outs.append(torch.matmul(torch.exp(s - shift.unsqueeze(-1)), vf))
         lses.append(lse)
     return torch.cat(outs, dim=2).to(q.dtype), torch.cat(lses, dim=2)
 

@@ -59,10 +59,9 @@ class ASAConfig:
             )
         if not isinstance(self.num_keep, int) or isinstance(self.num_keep, bool) or not 1 <= self.num_keep <= bs:
             raise ValueError(f"num_keep={self.num_keep!r} must be an integer in [1, block_size={bs}].")
-        if not isinstance(self.use_global, bool):
-            raise ValueError(f"use_global={self.use_global!r} must be True or False.")
-        if not isinstance(self.reorder, bool):
-            raise ValueError(f"reorder={self.reorder!r} must be True or False.")
+        for name in ("use_global", "reorder", "global_skips_kept"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False.")
         if not isinstance(self.sample_gap, int) or isinstance(self.sample_gap, bool) or self.sample_gap < 1:
             raise ValueError(f"sample_gap={self.sample_gap!r} must be an integer >= 1.")
         if not isinstance(self.dense_steps, int) or isinstance(self.dense_steps, bool) or self.dense_steps < 0:
@@ -76,8 +75,6 @@ class ASAConfig:
         object.__setattr__(self, "dense_layers", tuple(sorted(set(layers))))
         if self.global_mode not in GLOBAL_MODES:
             raise ValueError(f"global_mode={self.global_mode!r} is not one of {GLOBAL_MODES}.")
-        if not isinstance(self.global_skips_kept, bool):
-            raise ValueError(f"global_skips_kept={self.global_skips_kept!r} must be True or False.")
         if self.global_skips_kept and self.global_mode == "fold":
             raise ValueError(
                 "global_skips_kept=True leaves pooled tokens out per query-block row, which only the 'merge' global "
